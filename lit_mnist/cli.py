@@ -1,0 +1,537 @@
+"""Command line: flags and config file -> checked config -> datamodule, module, Trainer -> results.
+
+``python scripts/train.py`` and ``lit-mnist train`` both end up in :func:`train_main`. The flags
+are flat (``--lr``, ``--max-epochs``); ``--config FILE.yaml`` takes the same names as keys (dashes
+or underscores), and flags given on the command line override the file. The resolved config is
+written to the run's folder as ``config.yaml``; ``--config`` on it repeats the run.
+
+Parsing is jsonargparse's (the library LightningCLI is built on). Every usage error ends the
+process with exit status 2 and one line that names the flag and what it accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
+from lit_mnist.errors import CheckpointError, ConfigError, DataError
+from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = (
+    "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64",
+)  # fmt: skip
+CONFIG_NAME = "config.yaml"
+RESULTS_NAME = "results.json"
+#: Set by the launching process so that DDP's re-launched processes log into the same run folder.
+RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
+
+
+class UsageError(Exception):
+    """A bad flag or config value: reported as one line, exit status 2."""
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of ``cls.__init__``'s argument ``name``: defaults live in one place, the signature."""
+    return inspect.signature(cls.__init__).parameters[name].default  # type: ignore[misc]
+
+
+def get_parser(prog: str = "train.py") -> ArgumentParser:
+    """The flat-flag parser of ``train``, grouped for ``--help``."""
+    model_default = lambda name: _default(MNISTClassifier, name)  # noqa: E731
+    data_default = lambda name: _default(MNISTDataModule, name)  # noqa: E731
+    parser = ArgumentParser(
+        prog=prog,
+        description="Train an MNIST-family classifier with PyTorch Lightning.",
+        exit_on_error=False,
+        default_env=False,
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file whose keys are these flags' names."
+    )
+
+    data = parser.add_argument_group("Data")
+    data.add_argument("--dataset", type=str, choices=list(DATAMODULES), default="mnist", help="Dataset.")
+    data.add_argument(
+        "--data-dir",
+        type=str | None,
+        default=None,
+        help=f"Folder holding <Dataset>/raw (default: ${DATA_DIR_ENV}, else ./data).",
+    )
+    data.add_argument(
+        "--batch-size", type=int, default=data_default("batch_size"), help="Batch size per device."
+    )
+    data.add_argument("--num-workers", type=int, default=data_default("num_workers"), help="Loader workers.")
+    data.add_argument("--val-size", type=int, default=data_default("val_size"), help="Images held out.")
+    data.add_argument(
+        "--loader", type=str, choices=list(LOADERS), default=data_default("loader"), help="Loader."
+    )
+    data.add_argument(
+        "--download", action=ActionYesNo(no_prefix="no-"), default=True, help="Download missing raw files."
+    )
+
+    model = parser.add_argument_group("Model")
+    model.add_argument(
+        "--model", type=str, choices=list(MODELS), default=model_default("model"), help="Network."
+    )
+    model.add_argument(
+        "--hidden-sizes",
+        type=int,
+        nargs="+",
+        default=list(model_default("hidden_sizes")),
+        help="MLP hidden layer widths, e.g. --hidden-sizes 128 64.",
+    )
+    model.add_argument("--dropout", type=float, default=model_default("dropout"), help="Dropout probability.")
+
+    optim = parser.add_argument_group("Optimization")
+    optim.add_argument("--optimizer", type=str, choices=list(OPTIMIZERS), default=model_default("optimizer"))
+    optim.add_argument("--lr", type=float, default=model_default("lr"), help="Learning rate.")
+    optim.add_argument(
+        "--momentum", type=float, default=model_default("momentum"), help="SGD/RMSprop momentum."
+    )
+    optim.add_argument(
+        "--nesterov", action=ActionYesNo(no_prefix="no-"), default=False, help="Nesterov (SGD)."
+    )
+    optim.add_argument("--weight-decay", type=float, default=model_default("weight_decay"))
+    optim.add_argument("--scheduler", type=str, choices=list(SCHEDULERS), default=model_default("scheduler"))
+    optim.add_argument(
+        "--step-size", type=int, default=model_default("step_size"), help="Epochs per step decay."
+    )
+    optim.add_argument("--gamma", type=float, default=model_default("gamma"), help="Step decay factor.")
+    optim.add_argument("--label-smoothing", type=float, default=model_default("label_smoothing"))
+    optim.add_argument("--gradient-clip-val", type=float | None, default=None, help="Clip gradient norm.")
+    optim.add_argument("--accumulate-grad-batches", type=int, default=1, help="Batches per optimizer step.")
+
+    trainer = parser.add_argument_group("Trainer")
+    trainer.add_argument("--accelerator", type=str, choices=list(ACCELERATORS), default="auto")
+    trainer.add_argument(
+        "--devices", type=str, default="auto", help="Number, list like 0,1, -1 (all), or auto."
+    )
+    trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num-nodes", type=int, default=1, help="Machines in a multi-node run.")
+    trainer.add_argument("--precision", type=str, choices=list(PRECISIONS), default="32-true")
+    trainer.add_argument(
+        "--max-epochs", type=int, default=10, help="Epochs to train (in total, when resuming)."
+    )
+    trainer.add_argument("--seed", type=int, default=42, help="Seed of weights and shuffling.")
+    trainer.add_argument("--deterministic", action=ActionYesNo(no_prefix="no-"), default=False)
+    trainer.add_argument(
+        "--fast-dev-run",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        help="Run N batches of each stage, no logs.",
+    )
+    for stage in ("train", "val", "test"):
+        trainer.add_argument(
+            f"--limit-{stage}-batches",
+            type=int | float | None,
+            default=None,
+            help=f"{stage} batches per epoch: an int (count) or a float in (0, 1] (fraction).",
+        )
+    trainer.add_argument("--log-every-n-steps", type=int, default=50, help="Logging interval of train/loss.")
+    trainer.add_argument("--progress-bar", action=ActionYesNo(no_prefix="no-"), default=True)
+
+    ckpt = parser.add_argument_group("Checkpoints and logs")
+    ckpt.add_argument("--log-dir", type=str, default="lightning_logs", help="Runs go to LOG_DIR/version_N.")
+    ckpt.add_argument("--ckpt-path", type=str | None, default=None, help="Resume: a .ckpt path, or 'last'.")
+    ckpt.add_argument("--save-top-k", type=int, default=1, help="Best checkpoints kept (by val/acc).")
+    return parser
+
+
+# --------------------------------------------------------------------------- parsing and checks
+def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Namespace:
+    """Parse and check ``argv``; on a usage error print one line and exit with status 2."""
+    parser = get_parser(prog)
+    try:
+        cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        check_config(cfg)
+    except ArgumentError as err:
+        usage_exit(prog, _one_line(str(err), argv))
+    except UsageError as err:
+        usage_exit(prog, str(err))
+    except ConfigError as err:
+        usage_exit(prog, f"{err.flag} {err.message}")
+    return cfg
+
+
+def usage_exit(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` to stderr and exit with status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _one_line(message: str, argv: Sequence[str] | None) -> str:
+    """Turn one of jsonargparse's (often multi-line) messages into one line naming the flag."""
+    flag = lambda key: "--" + key.replace("_", "-")  # noqa: E731
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = f"--config {args[args.index('--config') + 1]}" if "--config" in args[:-1] else "--config"
+    if m := re.match(r"argument (--[\w-]+): invalid choice: (\S+) \(choose from (.*)\)", message):
+        return f"{m[1]} must be one of {m[3].replace(chr(39), '')}; got {m[2]}"
+    if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):
+        return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]}, got {m[3].strip()!r}"
+    if m := re.match(r'Parser key "(\w+)":.*Given value: (.*)', message, re.S):
+        return f"{flag(m[1])} got an invalid value {m[2].strip()!r}; see --help for what it accepts"
+    if m := re.match(r'Parser key "config": (.*)', message, re.S):
+        return f"--config: {m[1].strip().splitlines()[0]}"
+    if m := re.match(r"Option '([\w-]+)' is not accepted", message):
+        return f"{config}: unknown key '{m[1]}'; keys are the flags' names, e.g. max_epochs (see --help)"
+    if message.startswith("Problems parsing config"):
+        detail = " ".join(message.split(":", 1)[1].split())
+        return f"{config}: not valid YAML ({detail})"
+    if message.startswith("Unexpected config"):
+        return f"{config}: must be a YAML mapping of flag names to values, e.g. 'max_epochs: 3'"
+    if m := re.match(r'Parser key "(\w+)":\s*(.*)', message, re.S):
+        return f"{flag(m[1])}: {' '.join(m[2].split())}"
+    return " ".join(message.split())
+
+
+def check_config(cfg: Namespace) -> None:
+    """Check what the parser's types cannot: ranges, combinations and this machine's hardware.
+
+    Raises:
+        UsageError: with one line naming the flag and what it accepts.
+    """
+    positive = (
+        "max_epochs",
+        "batch_size",
+        "num_nodes",
+        "accumulate_grad_batches",
+        "log_every_n_steps",
+        "val_size",
+    )
+    for key in positive:
+        if cfg[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if cfg.num_workers < 0:
+        raise UsageError(f"--num-workers must be >= 0, got {cfg.num_workers}")
+    if cfg.fast_dev_run < 0:
+        raise UsageError(f"--fast-dev-run must be >= 0 (batches per stage), got {cfg.fast_dev_run}")
+    if cfg.save_top_k < -1:
+        raise UsageError(f"--save-top-k must be -1 (all), 0 or a positive count, got {cfg.save_top_k}")
+    if cfg.gradient_clip_val is not None and cfg.gradient_clip_val < 0:
+        raise UsageError(f"--gradient-clip-val must be >= 0, got {cfg.gradient_clip_val}")
+    for stage in ("train", "val", "test"):
+        key = f"limit_{stage}_batches"
+        value = cfg[key]
+        if value is not None and (value < 0 or (isinstance(value, float) and value > 1)):
+            raise UsageError(
+                f"--{key.replace('_', '-')} must be a count >= 0 or a fraction in [0, 1], got {value}"
+            )
+    cfg.devices = parse_devices(cfg.devices)
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if cfg.strategy not in strategies:
+        raise UsageError(
+            f"--strategy {cfg.strategy!r} is not known; use auto, ddp, ddp_spawn, fsdp, deepspeed "
+            "or another name in Lightning's StrategyRegistry"
+        )
+    wants_gpu = cfg.accelerator in ("gpu", "cuda")
+    if wants_gpu and not torch.cuda.is_available():
+        raise UsageError(
+            f"--accelerator {cfg.accelerator}: no CUDA GPU is visible on this machine "
+            "(torch.cuda.is_available() is False); use --accelerator cpu or auto"
+        )
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.precision in ("16-mixed", "16") and on_cpu:
+        raise UsageError(
+            f"--precision {cfg.precision} (float16 autocast) needs a CUDA GPU and none is in use; "
+            "on the CPU use --precision bf16-mixed, or 32-true"
+        )
+    if cfg.ckpt_path is not None and cfg.ckpt_path != "last" and not Path(cfg.ckpt_path).is_file():
+        raise UsageError(f"--ckpt-path {cfg.ckpt_path}: no such file; give a .ckpt file or 'last'")
+
+
+def parse_devices(value: str | int) -> int | str | list[int]:
+    """``"auto"`` -> ``"auto"``, ``"2"`` -> ``2``, ``"-1"`` -> ``-1`` (all), ``"0,1"`` -> ``[0, 1]``."""
+    text = str(value).strip()
+    accepted = "a positive count, -1 (all), a list of indices like 0,1, or auto"
+    if text == "auto":
+        return "auto"
+    try:
+        if "," in text:
+            indices = [int(part) for part in text.split(",") if part.strip()]
+            if not indices or min(indices) < 0:
+                raise ValueError
+            return indices
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"--devices must be {accepted}; got {text!r}") from None
+    if count == 0 or count < -1:
+        raise UsageError(f"--devices must be {accepted}; got {count}")
+    return count
+
+
+# --------------------------------------------------------------------------- building the run
+def build_datamodule(cfg: Namespace) -> MNISTDataModule:
+    """The datamodule named by ``--dataset`` with the data flags."""
+    return DATAMODULES[cfg.dataset](
+        data_dir=cfg.data_dir,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        val_size=cfg.val_size,
+        loader=cfg.loader,
+        download=cfg.download,
+        seed=cfg.seed,
+    )
+
+
+def build_model(cfg: Namespace, datamodule: MNISTDataModule) -> MNISTClassifier:
+    """The LightningModule; number of classes and input shape come from the datamodule."""
+    return MNISTClassifier(
+        model=cfg.model,
+        hidden_sizes=cfg.hidden_sizes,
+        dropout=cfg.dropout,
+        num_classes=datamodule.num_classes,
+        input_shape=list(datamodule.image_shape),
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        scheduler=cfg.scheduler,
+        step_size=cfg.step_size,
+        gamma=cfg.gamma,
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
+def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
+    """The Trainer: TensorBoard in ``LOG_DIR/version_N``, best-by-``val/acc`` and last checkpoints."""
+    logger = TensorBoardLogger(save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False)
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
+            monitor="val/acc",
+            mode="max",
+            save_top_k=cfg.save_top_k,
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
+    ]
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar())
+    limits = {
+        f"limit_{stage}_batches": cfg[f"limit_{stage}_batches"]
+        for stage in ("train", "val", "test")
+        if cfg[f"limit_{stage}_batches"] is not None
+    }
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,
+        max_epochs=cfg.max_epochs,
+        deterministic=cfg.deterministic,
+        gradient_clip_val=cfg.gradient_clip_val,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        fast_dev_run=cfg.fast_dev_run,
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress_bar,
+        logger=logger,
+        callbacks=callbacks,
+        **limits,
+    )
+
+
+def find_last_checkpoint(log_dir: str | Path) -> Path:
+    """``last.ckpt`` of the newest ``version_N`` under ``log_dir`` that has one."""
+    runs = sorted(_versions(log_dir).items(), reverse=True)
+    for _, run in runs:
+        if (last := run / "checkpoints" / "last.ckpt").is_file():
+            return last
+    raise UsageError(f"--ckpt-path last: no {log_dir}/version_N/checkpoints/last.ckpt to resume from")
+
+
+def _versions(log_dir: str | Path) -> dict[int, Path]:
+    root = Path(log_dir)
+    found = {}
+    if root.is_dir():
+        for path in root.iterdir():
+            if m := re.fullmatch(r"version_(\d+)", path.name):
+                found[int(m[1])] = path
+    return found
+
+
+def reserve_version(log_dir: str | Path) -> int:
+    """Create the next free ``version_N`` folder atomically and return N.
+
+    ``mkdir`` either creates the folder or fails, so two runs started at once in the same
+    ``log_dir`` never share a folder.
+    """
+    root = Path(log_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    version = max(_versions(root), default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
+def _global_rank() -> int:
+    """This process's rank as launchers (torchrun, SLURM, Lightning's DDP) announce it; 0 alone."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def _run_version(cfg: Namespace, ckpt_path: Path | None) -> int | None:
+    """The version folder of this run: the resumed run's own, a new one, or (other ranks) none."""
+    if (inherited := os.environ.get(RUN_VERSION_ENV)) is not None:
+        return int(inherited)
+    if ckpt_path is not None and ckpt_path.parent.name == "checkpoints":
+        run = ckpt_path.parent.parent
+        if (m := re.fullmatch(r"version_(\d+)", run.name)) and run.parent.resolve() == Path(
+            cfg.log_dir
+        ).resolve():
+            return int(m[1])  # resuming one of our runs: keep writing into its folder
+    if _global_rank() != 0:
+        return None  # torchrun / SLURM ranks > 0: rank 0 names the folder and writes everything
+    return reserve_version(cfg.log_dir)
+
+
+def check_checkpoint(path: Path, model: MNISTClassifier) -> None:
+    """Load ``path`` safely (``weights_only=True``) and check it fits ``model``.
+
+    Raises:
+        CheckpointError: one line saying what is wrong with the file.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, not a pickle, forbidden global, ...
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable lit_mnist checkpoint ({detail[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    if expected != found:
+        wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+        raise CheckpointError(
+            f"{path} holds another model shape (first difference: {wrong[0]}); pass the flags it was trained "
+            f"with (see its run's {CONFIG_NAME}: --config)"
+        )
+
+
+def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any]:
+    """Run fit then test on the best checkpoint; return the results (also written to ``results.json``).
+
+    Raises:
+        DataError, CheckpointError, UsageError: for the caller to report without a traceback.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+
+    ckpt_path = None
+    if cfg.ckpt_path is not None:
+        ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        check_checkpoint(ckpt_path, model)
+
+    version = _run_version(cfg, ckpt_path)
+    owns_env = RUN_VERSION_ENV not in os.environ and version is not None
+    if owns_env:
+        os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
+    try:
+        trainer = _make_trainer(cfg, version)
+        run_dir = Path(cfg.log_dir) / f"version_{version}"
+        if trainer.is_global_zero and version is not None:
+            (parser or get_parser()).save(cfg, run_dir / CONFIG_NAME, overwrite=True, skip_none=False)
+
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        tested = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+        )
+    finally:
+        if owns_env:
+            os.environ.pop(RUN_VERSION_ENV, None)
+
+    results: dict[str, Any] = {
+        "test_acc": tested[0]["test/acc"],
+        "test_loss": tested[0]["test/loss"],
+        "val_acc_best": fit_metrics.get("val/acc_best"),
+        "epochs": trainer.current_epoch,
+        "best_checkpoint": best or None,
+        "last_checkpoint": str(Path(best).parent / "last.ckpt") if best else None,
+        "run_dir": str(run_dir) if version is not None else None,
+    }
+    if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
+        assert isinstance(trainer.logger, TensorBoardLogger)
+        trainer.logger.log_hyperparams(
+            dict(model.hparams),
+            {"val/acc_best": results["val_acc_best"] or 0.0, "test/acc": results["test_acc"]},
+        )
+        (run_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _make_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
+    try:
+        return build_trainer(cfg, version)
+    except (MisconfigurationException, ValueError) as err:
+        raise UsageError(" ".join(str(err).split())) from None
+
+
+def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
+    """The few lines a user needs at the end of a run."""
+    print()
+    print(f"Test accuracy: {results['test_acc']:.2%}  (test loss {results['test_loss']:.4f})")
+    if results["best_checkpoint"]:
+        print(f"Best checkpoint: {results['best_checkpoint']}")
+    if results["run_dir"] and not cfg.fast_dev_run:
+        print(
+            f"Run folder:      {results['run_dir']}  (repeat it: --config {results['run_dir']}/{CONFIG_NAME})"
+        )
+        print(
+            f"Train further:   add --ckpt-path last --max-epochs N (N > {results['epochs']}) to the same flags"
+        )
+        print(f"TensorBoard:     tensorboard --logdir {cfg.log_dir}")
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
+    """Entry point of ``scripts/train.py``: parse, train, test, print the summary. Returns the exit status."""
+    cfg = parse_args(argv, prog)
+    if cfg.data_dir is None:
+        cfg.data_dir = default_data_dir()
+    try:
+        results = train(cfg)
+    except (UsageError, ConfigError) as err:
+        usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
+    except CheckpointError as err:
+        usage_exit(prog, f"--ckpt-path {err}")
+    except DataError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    if _global_rank() == 0:
+        print_summary(results, cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lit-mnist train [flags]``: the installed console command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main}
+    if not args or args[0] not in commands:
+        usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(commands)}")
+    return commands[args[0]](args[1:], prog=f"lit-mnist {args[0]}")

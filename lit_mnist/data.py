@@ -1,0 +1,319 @@
+"""LightningDataModules for MNIST and its siblings: download, integrity, splits, normalisation.
+
+``prepare_data`` is the only place that may touch the network (torchvision's downloader), and
+only when the raw files are not already there. ``setup`` parses the raw IDX files, checks them,
+and builds the seeded 55,000/5,000 train/val split of the official training set and the official
+test set, so every process of a multi-device run holds the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from lit_mnist.errors import ConfigError, DataError
+
+DATA_DIR_ENV = "LIT_MNIST_DATA_DIR"
+LOADERS = ("memory", "torchvision")
+
+_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
+
+
+def default_data_dir() -> str:
+    """The data folder used when none is given: ``$LIT_MNIST_DATA_DIR``, else ``./data``."""
+    return os.environ.get(DATA_DIR_ENV) or "data"
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST as 55,000 train / 5,000 validation / 10,000 test images, normalised.
+
+    A sibling dataset is a subclass that changes the class attributes below (see
+    ``FashionMNISTDataModule``); nothing else needs to change.
+
+    Args:
+        data_dir: The ``root`` folder; the raw files live in ``<data_dir>/<DatasetName>/raw``.
+            Defaults to ``$LIT_MNIST_DATA_DIR`` or ``./data``.
+        batch_size: Samples per batch (per device under DDP).
+        num_workers: DataLoader worker processes (``torchvision`` loader only).
+        val_size: Images of the official training set held out for validation.
+        split_seed: Seed of the train/validation split (fixed, independent of the run's seed).
+        loader: ``"memory"``: each split held once as a normalised tensor on the training device,
+            batches by shuffled index slices; ``"torchvision"``: the classic per-sample
+            ``transforms`` + ``DataLoader`` path (for augmentation).
+        download: Download the raw files with torchvision when they are missing.
+        seed: Seed of the shuffling of the training batches (the in-memory loader mixes in the epoch).
+    """
+
+    dataset_cls: type[datasets.MNIST] = datasets.MNIST
+    #: Mean and standard deviation of the training images (after scaling to [0, 1]).
+    mean: float = 0.1307
+    std: float = 0.3081
+    num_classes: int = 10
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    #: Official number of images in the training and test sets.
+    train_count: int = 60_000
+    test_count: int = 10_000
+    #: MD5 of each extracted raw file of the official release (None: only the IDX structure is checked).
+    raw_md5: dict[str, str] | None = {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    }
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_size: int = 5_000,
+        split_seed: int = 42,
+        loader: str = "memory",
+        download: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError("num_workers", f"must be >= 0, got {num_workers}")
+        if val_size < 1:
+            raise ConfigError("val_size", f"must be >= 1, got {val_size}")
+        if loader not in LOADERS:
+            raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
+        data_dir = str(data_dir or default_data_dir())
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.loader = loader
+        self.download = download
+        self.seed = seed
+        self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._datasets: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- files and integrity
+    @property
+    def raw_folder(self) -> Path:
+        """Where torchvision expects the four uncompressed raw files."""
+        return Path(self.data_dir) / self.dataset_cls.__name__ / "raw"
+
+    @property
+    def raw_files(self) -> list[str]:
+        """Names of the four raw files (images and labels of train and test)."""
+        return [Path(url).name.removesuffix(".gz") for url, _ in self.dataset_cls.resources]
+
+    def missing_files(self) -> list[str]:
+        """Raw files that are not in :attr:`raw_folder`."""
+        return [name for name in self.raw_files if not (self.raw_folder / name).is_file()]
+
+    def prepare_data(self) -> None:
+        """Download the raw files if, and only if, some are missing; then check all of them."""
+        folder = Path(self.data_dir)
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"--data-dir {folder} is a file, not a folder; pass a folder (it may be empty).")
+        missing = self.missing_files()
+        if missing:
+            if not self.download:
+                raise DataError(self._missing_message(missing, "downloading is off"))
+            try:
+                for train in (True, False):
+                    self.dataset_cls(str(folder), train=train, download=True)
+            except PermissionError as err:
+                raise DataError(
+                    f"cannot write the dataset into {folder}: {err.strerror}. Pass a writable --data-dir."
+                ) from None
+            except Exception as err:  # torchvision raises RuntimeError/URLError/OSError per mirror
+                missing = self.missing_files()
+                if missing:
+                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise DataError(
+                        self._missing_message(missing, f"the download failed: {reason}")
+                    ) from None
+                raise
+        self.check_integrity()
+
+    def _missing_message(self, missing: Iterable[str], reason: str) -> str:
+        md5 = self.raw_md5 or {}
+        listing = "\n".join(f"  {name}  md5 {md5.get(name, '(not published)')}" for name in missing)
+        return (
+            f"{self.dataset_cls.__name__} raw files are missing from {self.raw_folder} and {reason}.\n"
+            f"Put these files there, uncompressed (or pass --data-dir / set {DATA_DIR_ENV} to a folder "
+            f"holding {self.dataset_cls.__name__}/raw):\n{listing}"
+        )
+
+    def check_integrity(self) -> None:
+        """Check every raw file's IDX header against its size, and the official files' MD5s.
+
+        torchvision verifies only the downloaded archives; a truncated or altered extracted file
+        would otherwise be parsed silently. A file whose header claims the official number of
+        images must also match the official MD5 (when :attr:`raw_md5` is set); smaller files with
+        a valid structure (such as the tests' tiny datasets) pass on their structure alone.
+
+        Raises:
+            DataError: naming the bad file, what is wrong, and how to fix it.
+        """
+        for name in self.raw_files:
+            path = self.raw_folder / name
+            count = _check_idx(path, "labels" if "labels" in name else "images", self.image_shape[1:])
+            official = self.train_count if name.startswith("train") else self.test_count
+            expected = (self.raw_md5 or {}).get(name)
+            if count == official and expected is not None:
+                actual = _md5(path)
+                if actual != expected:
+                    raise DataError(
+                        f"{path} is corrupted: md5 {actual}, expected {expected}. "
+                        "Delete it and run again to download it anew, or copy an intact file there."
+                    )
+
+    # ----------------------------------------------------------------------- splits
+    def setup(self, stage: str | None = None) -> None:
+        """Parse the raw files and build the splits needed for ``stage`` (once per process)."""
+        if stage in (None, "fit", "validate") and "train" not in self._splits:
+            images, targets = self._load(train=True)
+            n = len(targets)
+            val_size = self.val_size
+            if val_size >= n:
+                raise ConfigError("val_size", f"must be smaller than the {n} training images, got {val_size}")
+            generator = torch.Generator().manual_seed(self.split_seed)
+            perm = torch.randperm(n, generator=generator)
+            self._split_indices = {"val": perm[:val_size], "train": perm[val_size:]}
+            for split, idx in self._split_indices.items():
+                self._splits[split] = (images[idx], targets[idx])
+        if stage in (None, "test", "predict") and "test" not in self._splits:
+            self._splits["test"] = self._load(train=False)
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Return the normalised images ``(N, C, H, W)`` (float32) and labels ``(N,)`` of one set."""
+        if self.missing_files():
+            raise DataError(self._missing_message(self.missing_files(), "prepare_data() did not run"))
+        dataset = self.dataset_cls(self.data_dir, train=train, download=False)
+        images = dataset.data.unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
+        return images, dataset.targets.long()
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """The normalised images and labels of ``"train"``, ``"val"`` or ``"test"`` (after ``setup``)."""
+        return self._splits[name]
+
+    # ------------------------------------------------------------------- dataloaders
+    def train_dataloader(self) -> Any:
+        return self._dataloader("train", shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._dataloader("val", shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._dataloader("test", shuffle=False)
+
+    def _dataloader(self, split: str, shuffle: bool) -> Any:
+        if self.loader == "torchvision":
+            return DataLoader(
+                self._torchvision_dataset(split),
+                batch_size=self.batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        from lit_mnist.loader import InMemoryBatchLoader
+
+        images, targets = self._splits[split]
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            device = self.trainer.strategy.root_device
+            if images.device != device:
+                images, targets = images.to(device), targets.to(device)
+                self._splits[split] = (images, targets)
+        return InMemoryBatchLoader(
+            images,
+            targets,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+
+    def transform(self) -> transforms.Compose:
+        """The per-sample transform of the ``torchvision`` loader: ``ToTensor`` then ``Normalize``."""
+        return transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.mean,), (self.std,))])
+
+    def _torchvision_dataset(self, split: str) -> Any:
+        if split not in self._datasets:
+            train = split != "test"
+            dataset = self.dataset_cls(self.data_dir, train=train, download=False, transform=self.transform())
+            self._datasets[split] = Subset(dataset, self._split_indices[split].tolist()) if train else dataset
+        return self._datasets[split]
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST (Zalando): 10 classes of clothing, same format and splits as MNIST."""
+
+    dataset_cls = datasets.FashionMNIST
+    mean = 0.2860
+    std = 0.3530
+    raw_md5 = None
+
+
+class KMNISTDataModule(MNISTDataModule):
+    """Kuzushiji-MNIST: 10 classes of cursive Japanese characters, same format and splits as MNIST."""
+
+    dataset_cls = datasets.KMNIST
+    mean = 0.1918
+    std = 0.3483
+    raw_md5 = None
+
+
+DATAMODULES: dict[str, type[MNISTDataModule]] = {
+    "mnist": MNISTDataModule,
+    "fashion-mnist": FashionMNISTDataModule,
+    "kmnist": KMNISTDataModule,
+}
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_idx(path: Path, kind: str, image_hw: tuple[int, ...]) -> int:
+    """Check an uncompressed IDX file's magic number and size; return the number of items."""
+    ndim = 3 if kind == "images" else 1
+    header_size = 4 + 4 * ndim
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(header_size)
+    if len(header) < header_size:
+        raise DataError(
+            f"{path} is truncated ({size} bytes, no complete IDX header). Delete it and run again."
+        )
+    magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+    if magic != _IDX_MAGIC[kind]:
+        raise DataError(
+            f"{path} is not an IDX {kind} file (magic number {magic:#010x}, expected "
+            f"{_IDX_MAGIC[kind]:#010x}). Delete it and run again."
+        )
+    if kind == "images" and tuple(dims[1:]) != tuple(image_hw):
+        raise DataError(f"{path} holds {dims[1]}x{dims[2]} images, expected {image_hw[0]}x{image_hw[1]}.")
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        raise DataError(
+            f"{path} is truncated or padded: {size} bytes, its header promises {expected}. Delete it and run again."
+        )
+    return int(dims[0])

@@ -1,0 +1,202 @@
+"""The LightningModule: network, loss, metrics, optimizer and LR scheduler from plain hyperparameters.
+
+Every constructor argument is a plain number, string or list, and all of them are saved with
+``save_hyperparameters``, so ``MNISTClassifier.load_from_checkpoint(path, weights_only=True)``
+rebuilds the trained model with no other argument. The module knows nothing of files or flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_mnist.errors import ConfigError
+from lit_mnist.networks import CNN, MLP
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+MODELS = ("mlp", "cnn")
+
+
+class MNISTClassifier(L.LightningModule):
+    """Image classifier for the MNIST family, trained with cross-entropy.
+
+    To change the network, override :meth:`build_network`; to change the optimizer or schedule,
+    override :meth:`configure_optimizers`. Number of classes and input shape come from the
+    hyperparameters (the CLI takes them from the datamodule).
+
+    Args:
+        model: ``"mlp"`` (the classic 784-128-64-10 network) or ``"cnn"``.
+        hidden_sizes: Hidden layer widths of the MLP.
+        dropout: Dropout probability (0 reproduces the classic network).
+        num_classes: Number of classes.
+        input_shape: ``(channels, height, width)`` of one image.
+        optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``.
+        lr: Learning rate (the peak rate for ``onecycle``).
+        momentum: Momentum of SGD and RMSprop.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: Weight decay (L2 for SGD/Adam/RMSprop, decoupled for AdamW).
+        scheduler: ``"none"``, ``"step"`` (per epoch), ``"cosine"`` or ``"onecycle"`` (per step).
+        step_size: Epochs between decays of the ``step`` scheduler.
+        gamma: Decay factor of the ``step`` scheduler.
+        label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        model: str = "mlp",
+        hidden_sizes: Sequence[int] = (128, 64),
+        dropout: float = 0.0,
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 28, 28),
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        scheduler: str = "none",
+        step_size: int = 5,
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_choice("model", model, MODELS)
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("scheduler", scheduler, SCHEDULERS)
+        if not lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {lr}")
+        if momentum < 0:
+            raise ConfigError("momentum", f"must be >= 0, got {momentum}")
+        if nesterov and (optimizer != "sgd" or momentum <= 0):
+            raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
+        if weight_decay < 0:
+            raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
+        if step_size < 1:
+            raise ConfigError("step_size", f"must be >= 1, got {step_size}")
+        if not 0 < gamma <= 1:
+            raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
+        # Plain lists, not tuples: hparams.yaml and weights_only loading stay simple.
+        # save_hyperparameters reads the current values of the arguments from this frame.
+        hidden_sizes = [int(h) for h in hidden_sizes]
+        input_shape = [int(d) for d in input_shape]
+        self.save_hyperparameters()
+
+        self.net = self.build_network()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.example_input_array = torch.zeros(1, *input_shape)
+
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def build_network(self) -> nn.Module:
+        """Return the network that maps images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
+
+        Override this in a subclass to train another architecture with the same loop.
+        """
+        hp: Any = self.hparams
+        if hp.model == "cnn":
+            return CNN(input_shape=hp.input_shape, num_classes=hp.num_classes, dropout=hp.dropout)
+        return MLP(
+            input_shape=hp.input_shape,
+            hidden_sizes=hp.hidden_sizes,
+            num_classes=hp.num_classes,
+            dropout=hp.dropout,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the logits for a batch of normalised images."""
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation before training: that accuracy is not a result.
+        self.val_acc_best.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss.update(self.criterion(logits, y), weight=y.numel())
+        self.val_acc.update(logits, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_loss.update(self.criterion(logits, y), weight=y.numel())
+        self.test_acc.update(logits, y)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """Return class probabilities ``(N, num_classes)`` for a batch of images (labels ignored)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=-1)
+
+    def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
+        params = self.parameters()
+        optimizer: torch.optim.Optimizer
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+            )
+        elif hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.RMSprop(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+
+        if hp.scheduler == "none":
+            return optimizer
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        interval = "step"
+        if hp.scheduler == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
+            interval = "epoch"
+        elif hp.scheduler == "cosine":
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=max(total, 1)
+            )
+        config: OptimizerLRSchedulerConfig = {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
+        return config
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}; got {value!r}")

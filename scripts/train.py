@@ -1,0 +1,8 @@
+"""Train an MNIST-family classifier: ``python scripts/train.py --help``."""
+
+import sys
+
+from lit_mnist.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main())
