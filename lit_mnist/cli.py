@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
@@ -236,7 +237,7 @@ def check_config(cfg: Namespace) -> None:
             raise UsageError(
                 f"--{key.replace('_', '-')} must be a count >= 0 or a fraction in [0, 1], got {value}"
             )
-    cfg.devices = parse_devices(cfg.devices)
+    parse_devices(cfg.devices)
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if cfg.strategy not in strategies:
         raise UsageError(
@@ -322,9 +323,11 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
             monitor="val/acc",
             mode="max",
             save_top_k=cfg.save_top_k,
-            save_last=True,
             auto_insert_metric_name=False,
-        )
+        ),
+        # last.ckpt after every epoch. (Lightning >= 2.6 writes save_last=True's last.ckpt only
+        # when a top-k checkpoint was written in the same step, so it can lag behind.)
+        ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
     ]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar())
@@ -335,7 +338,7 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
     }
     return L.Trainer(
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
+        devices=parse_devices(cfg.devices),
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
         precision=cfg.precision,
@@ -454,9 +457,15 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         trainer = _make_trainer(cfg, version)
         run_dir = Path(cfg.log_dir) / f"version_{version}"
         if trainer.is_global_zero and version is not None:
-            (parser or get_parser()).save(cfg, run_dir / CONFIG_NAME, overwrite=True, skip_none=False)
+            # Without ckpt_path: --config on this file repeats the whole run from scratch.
+            saved = cfg.clone()
+            saved.ckpt_path = None
+            (parser or get_parser()).save(saved, run_dir / CONFIG_NAME, overwrite=True)
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():
+            if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""

@@ -62,6 +62,7 @@ def run_args(tiny_data: Path, tmp_path: Path) -> list[str]:
         "--devices", "1",
         "--max-epochs", "2",
         "--no-progress-bar",
+        "--log-every-n-steps", "5",
         "--log-dir", str(tmp_path / "logs"),
     ]  # fmt: skip
 

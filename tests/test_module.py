@@ -1,0 +1,119 @@
+"""The LightningModule: optimizers and schedulers from plain hyperparameters, checks, reloading."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mnist.errors import ConfigError
+from lit_mnist.module import MNISTClassifier
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
+def test_optimizer_from_name(name: str, cls: type) -> None:
+    model = MNISTClassifier(optimizer=name, lr=0.003, weight_decay=1e-4)
+    optimizer = model.configure_optimizers()
+    assert type(optimizer) is cls
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.003
+    assert group["weight_decay"] == 1e-4
+
+
+def test_sgd_momentum_and_nesterov() -> None:
+    optimizer = MNISTClassifier(momentum=0.8, nesterov=True).configure_optimizers()
+    assert optimizer.param_groups[0]["momentum"] == 0.8
+    assert optimizer.param_groups[0]["nesterov"] is True
+
+
+def test_step_scheduler_is_per_epoch() -> None:
+    config = MNISTClassifier(scheduler="step", step_size=3, gamma=0.5).configure_optimizers()
+    scheduler = config["lr_scheduler"]
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert scheduler["interval"] == "epoch"
+    assert scheduler["scheduler"].step_size == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR),
+        ("onecycle", torch.optim.lr_scheduler.OneCycleLR),
+    ],
+)
+def test_step_schedulers_span_the_whole_run(name: str, cls: type, tiny_data: Path) -> None:
+    from lit_mnist.data import MNISTDataModule
+
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            config = trainer.lr_scheduler_configs[0]
+            seen["cls"] = type(config.scheduler)
+            seen["interval"] = config.interval
+            seen["total"] = trainer.estimated_stepping_batches
+
+    datamodule = MNISTDataModule(str(tiny_data), batch_size=100, val_size=100)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+    )
+    trainer.fit(MNISTClassifier(scheduler=name, lr=0.05), datamodule=datamodule)
+    assert seen["cls"] is cls
+    assert seen["interval"] == "step"
+    assert seen["total"] == 2 * 5  # 500 training images / batch 100, two epochs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -1}, "lr must be > 0, got -1"),
+        ({"lr": 0}, "lr must be > 0, got 0"),
+        ({"optimizer": "foo"}, "optimizer must be one of sgd, adam, adamw, rmsprop; got 'foo'"),
+        ({"scheduler": "bar"}, "scheduler must be one of none, step, cosine, onecycle; got 'bar'"),
+        ({"model": "resnet"}, "model must be one of mlp, cnn; got 'resnet'"),
+        ({"momentum": -0.1}, "momentum must be >= 0"),
+        ({"weight_decay": -1}, "weight_decay must be >= 0"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ({"optimizer": "adam", "nesterov": True}, "nesterov needs --optimizer sgd"),
+    ],
+)
+def test_bad_hyperparameters_name_the_parameter(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MNISTClassifier(**kwargs)
+
+
+def test_hyperparameters_are_plain_values() -> None:
+    model = MNISTClassifier(hidden_sizes=(32, 16), input_shape=(1, 28, 28))
+    for value in model.hparams.values():
+        assert isinstance(value, (int, float, str, bool, list))
+    assert model.hparams.hidden_sizes == [32, 16]
+
+
+def test_label_smoothing_reaches_the_loss() -> None:
+    assert MNISTClassifier(label_smoothing=0.1).criterion.label_smoothing == 0.1
+
+
+def test_load_from_checkpoint_weights_only(tmp_path: Path) -> None:
+    model = MNISTClassifier(hidden_sizes=[32], dropout=0.1, optimizer="adamw", lr=0.002)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = MNISTClassifier.load_from_checkpoint(path, weights_only=True)
+    assert loaded.hparams == model.hparams
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
