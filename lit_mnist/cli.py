@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -26,23 +27,43 @@ import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
+from lit_mnist.stopping import GracefulInterrupt
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
     "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64",
 )  # fmt: skip
+#: Lightning's short forms, passed on as the names it recommends.
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 CONFIG_NAME = "config.yaml"
 RESULTS_NAME = "results.json"
 #: Set by the launching process so that DDP's re-launched processes log into the same run folder.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
+
+
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it."""
+
+    def __init__(self, signal_name: str, checkpoint: Path, trainer: L.Trainer) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.epoch = trainer.current_epoch
+        self.step = trainer.global_step
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process ended by that signal."""
+        return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)
 
 
 class UsageError(Exception):
@@ -131,6 +152,18 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     trainer.add_argument(
         "--max-epochs", type=int, default=10, help="Epochs to train (in total, when resuming)."
     )
+    trainer.add_argument(
+        "--max-steps", type=int, default=-1, help="Stop after this many optimizer steps (-1: off)."
+    )
+    trainer.add_argument(
+        "--max-time", type=str | None, default=None, help="Stop after DD:HH:MM:SS of training."
+    )
+    trainer.add_argument(
+        "--early-stopping-patience",
+        type=int | None,
+        default=None,
+        help="Stop when val/acc has not improved for N epochs.",
+    )
     trainer.add_argument("--seed", type=int, default=42, help="Seed of weights and shuffling.")
     trainer.add_argument("--deterministic", action=ActionYesNo(no_prefix="no-"), default=False)
     trainer.add_argument(
@@ -155,6 +188,12 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     ckpt.add_argument("--log-dir", type=str, default="lightning_logs", help="Runs go to LOG_DIR/version_N.")
     ckpt.add_argument("--ckpt-path", type=str | None, default=None, help="Resume: a .ckpt path, or 'last'.")
     ckpt.add_argument("--save-top-k", type=int, default=1, help="Best checkpoints kept (by val/acc).")
+    ckpt.add_argument(
+        "--ckpt-every-n-steps",
+        type=int | None,
+        default=None,
+        help="Also write last.ckpt every N training steps.",
+    )
     return parser
 
 
@@ -228,6 +267,15 @@ def check_config(cfg: Namespace) -> None:
         raise UsageError(f"--fast-dev-run must be >= 0 (batches per stage), got {cfg.fast_dev_run}")
     if cfg.save_top_k < -1:
         raise UsageError(f"--save-top-k must be -1 (all), 0 or a positive count, got {cfg.save_top_k}")
+    if cfg.max_steps < -1 or cfg.max_steps == 0:
+        raise UsageError(f"--max-steps must be -1 (no limit) or >= 1, got {cfg.max_steps}")
+    for key in ("early_stopping_patience", "ckpt_every_n_steps"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if cfg.max_time is not None and not re.fullmatch(r"\d{1,2}:\d{2}:\d{2}:\d{2}", cfg.max_time):
+        raise UsageError(
+            f"--max-time must be DD:HH:MM:SS, e.g. 00:02:30:00 for two and a half hours; got {cfg.max_time!r}"
+        )
     if cfg.gradient_clip_val is not None and cfg.gradient_clip_val < 0:
         raise UsageError(f"--gradient-clip-val must be >= 0, got {cfg.gradient_clip_val}")
     for stage in ("train", "val", "test"):
@@ -327,8 +375,24 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
         ),
         # last.ckpt after every epoch. (Lightning >= 2.6 writes save_last=True's last.ckpt only
         # when a top-k checkpoint was written in the same step, so it can lag behind.)
-        ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+        # It also writes last.ckpt when SIGTERM or Ctrl-C stops the run (see lit_mnist.stopping).
+        ModelCheckpoint(
+            filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_exception=True
+        ),
+        GracefulInterrupt(),
     ]
+    if cfg.ckpt_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                every_n_train_steps=cfg.ckpt_every_n_steps,
+            )
+        )
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar())
     limits = {
@@ -341,8 +405,10 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
         devices=parse_devices(cfg.devices),
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
-        precision=cfg.precision,
+        precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
         max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        max_time=cfg.max_time,
         deterministic=cfg.deterministic,
         gradient_clip_val=cfg.gradient_clip_val,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -465,7 +531,12 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except SIGTERMException:
+                raise Interrupted(
+                    _stop_signal(trainer), run_dir / "checkpoints" / "last.ckpt", trainer
+                ) from None
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -493,6 +564,11 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         )
         (run_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _stop_signal(trainer: L.Trainer) -> str:
+    graceful = [cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt)]  # type: ignore[attr-defined]
+    return graceful[0].signal_name or "SIGTERM" if graceful else "SIGTERM"
 
 
 def _make_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
@@ -525,6 +601,16 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         cfg.data_dir = default_data_dir()
     try:
         results = train(cfg)
+    except Interrupted as stop:
+        if _global_rank() == 0:
+            args = list(sys.argv[1:] if argv is None else argv)
+            resume = " ".join([*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)])
+            print(
+                f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
+                f"saved {stop.checkpoint}\nResume with: python scripts/train.py {resume}",
+                file=sys.stderr,
+            )
+        return stop.exit_status
     except (UsageError, ConfigError) as err:
         usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
     except CheckpointError as err:
@@ -535,6 +621,19 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
     if _global_rank() == 0:
         print_summary(results, cfg)
     return 0
+
+
+def _without_flag(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,8 +117,8 @@ class MNISTClassifier(L.LightningModule):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return the logits for a batch of normalised images."""
-        return self.net(x)
+        """Return the logits for a batch of normalised images (cast to the weights' dtype, e.g. bf16-true)."""
+        return self.net(x.to(self.dtype))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

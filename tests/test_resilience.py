@@ -1,0 +1,222 @@
+"""Scale and resilience: DDP on two CPU processes, torchrun, precision, exact resume, signals, stopping rules."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mnist import MNISTClassifier, MNISTDataModule
+from lit_mnist.cli import parse_args, train_main
+from lit_mnist.stopping import GracefulInterrupt
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "scripts" / "train.py")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def _single_process_test_acc(checkpoint: str, data_dir: Path) -> float:
+    model = MNISTClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    dm = MNISTDataModule(str(data_dir), val_size=100)
+    dm.setup("test")
+    images, labels = dm.split("test")
+    with torch.no_grad():
+        return (model(images).argmax(-1) == labels).float().mean().item()
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIT_MNIST_RUN", "RANK", "LOCAL_RANK"))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_process_ddp_on_cpu(strategy: str, run_args: list[str], tiny_data: Path, tmp_path: Path) -> None:
+    result = _run([sys.executable, TRAIN, *run_args, "--devices", "2", "--strategy", strategy], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "logs").iterdir())
+    assert [r.name for r in runs] == ["version_0"]  # exactly one set of logs and checkpoints
+    assert result.stdout.count("Test accuracy:") == 1  # one summary, from rank 0
+    results = json.loads((runs[0] / "results.json").read_text())
+    # the metric synchronised over both ranks equals one process evaluating the whole test set
+    assert results["test_acc"] == pytest.approx(
+        _single_process_test_acc(results["best_checkpoint"], tiny_data)
+    )
+
+
+def test_torchrun_launch_as_in_the_readme(run_args: list[str], tiny_data: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN]
+    result = _run([*cmd, *run_args, "--devices", "2", "--strategy", "ddp"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r.name for r in (tmp_path / "logs").iterdir()] == ["version_0"]
+    results = json.loads((tmp_path / "logs" / "version_0" / "results.json").read_text())
+    assert results["test_acc"] == pytest.approx(
+        _single_process_test_acc(results["best_checkpoint"], tiny_data)
+    )
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(run_args: list[str], tmp_path: Path) -> None:
+    args = [*run_args, "--max-epochs", "40"]
+    straight = _run([sys.executable, TRAIN, *args, "--log-dir", str(tmp_path / "straight")], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    split_dir = tmp_path / "split"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args, "--log-dir", str(split_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    last = split_dir / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM stopped training in epoch" in err
+    assert f"saved {last}" in err
+    assert "Resume with: python scripts/train.py" in err and f"--ckpt-path {last}" in err
+    stopped = torch.load(last, map_location="cpu", weights_only=True)
+    assert 0 < stopped["global_step"] < 40 * 16  # stopped in the middle of the run
+
+    assert train_main([*args, "--log-dir", str(split_dir), "--ckpt-path", str(last)]) == 0
+    _assert_same_weights(tmp_path / "straight" / "version_0", split_dir / "version_0")
+
+
+def test_mid_epoch_resume_is_exact(
+    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """16 steps per epoch: SIGTERM arrives at step 21 (inside epoch 1); the resumed run ends identical."""
+    assert train_main([*run_args, "--max-epochs", "3", "--log-dir", str(tmp_path / "straight")]) == 0
+
+    def terminate_at_step_21(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == 21:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    split = [*run_args, "--max-epochs", "3", "--log-dir", str(tmp_path / "split")]
+    with monkeypatch.context() as patch:
+        patch.setattr(GracefulInterrupt, "on_train_batch_end", terminate_at_step_21, raising=False)
+        assert train_main(split) == 128 + signal.SIGTERM
+    assert "SIGTERM stopped training in epoch 1 after step 21" in capsys.readouterr().err
+    checkpoint = torch.load(tmp_path / "split/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 21
+    assert train_main([*split, "--ckpt-path", "last"]) == 0
+    _assert_same_weights(tmp_path / "straight" / "version_0", tmp_path / "split" / "version_0")
+
+
+def test_step_checkpoints(run_args: list[str], tmp_path: Path) -> None:
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            path = tmp_path / "logs/version_0/checkpoints/last.ckpt"
+            if path.exists():
+                seen.append(torch.load(path, weights_only=True)["global_step"])
+
+    from lit_mnist import cli
+
+    build = cli.build_trainer
+
+    def with_spy(cfg, version):  # type: ignore[no-untyped-def]
+        trainer = build(cfg, version)
+        trainer.callbacks.append(Spy())  # type: ignore[attr-defined]
+        return trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "build_trainer", with_spy)
+        assert train_main([*run_args, "--max-epochs", "1", "--ckpt-every-n-steps", "5"]) == 0
+    assert {5, 10, 15} <= set(seen)
+
+
+def test_same_seed_same_run_other_seed_other_run(run_args: list[str], tmp_path: Path) -> None:
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        assert (
+            train_main([*run_args, "--deterministic", "--seed", seed, "--log-dir", str(tmp_path / name)]) == 0
+        )
+    _assert_same_weights(tmp_path / "a" / "version_0", tmp_path / "b" / "version_0")
+    ra, rb = (json.loads((tmp_path / n / "version_0" / "results.json").read_text()) for n in "ab")
+    assert ra["test_loss"] == rb["test_loss"]
+    with pytest.raises(AssertionError):
+        _assert_same_weights(tmp_path / "a" / "version_0", tmp_path / "c" / "version_0")
+
+
+def test_early_stopping_on_val_acc(run_args: list[str], tmp_path: Path) -> None:
+    # the tiny digits reach val/acc 1.0 within a few epochs; after that nothing improves
+    assert (
+        train_main([*run_args, "--max-epochs", "30", "--early-stopping-patience", "2", "--lr", "0.05"]) == 0
+    )
+    results = json.loads(next((tmp_path / "logs").glob("version_*/results.json")).read_text())
+    assert results["epochs"] < 30
+
+
+def test_max_time_stops_the_run(run_args: list[str], tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert train_main([*run_args, "--max-epochs", "100000", "--max-time", "00:00:00:02"]) == 0
+    assert time.monotonic() - started < 60
+    results = json.loads(next((tmp_path / "logs").glob("version_*/results.json")).read_text())
+    assert 1 <= results["epochs"] < 100000
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "64-true", "bf16", "32"])
+def test_precisions_run_on_the_cpu(precision: str, run_args: list[str], tmp_path: Path) -> None:
+    assert train_main([*run_args, "--precision", precision, "--max-epochs", "3"]) == 0
+    results = json.loads(next((tmp_path / "logs").glob("version_*/results.json")).read_text())
+    assert results["test_acc"] >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-time", "2h", "--max-time must be DD:HH:MM:SS"),
+        ("--max-steps", "0", "--max-steps must be -1 (no limit) or >= 1, got 0"),
+        ("--early-stopping-patience", "0", "--early-stopping-patience must be >= 1, got 0"),
+        ("--ckpt-every-n-steps", "-5", "--ckpt-every-n-steps must be >= 1, got -5"),
+    ],
+)
+def test_stopping_flags_are_checked(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args([flag, value])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bf16_mixed_matches_fp32_on_real_mnist(real_data_dir: Path, tmp_path: Path) -> None:
+    accuracies = {}
+    for precision in ("32-true", "bf16-mixed"):
+        log_dir = tmp_path / precision
+        args = [
+            "--data-dir",
+            str(real_data_dir),
+            "--max-epochs",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--no-progress-bar",
+        ]
+        assert train_main([*args, "--precision", precision, "--log-dir", str(log_dir)]) == 0
+        accuracies[precision] = json.loads((log_dir / "version_0" / "results.json").read_text())["test_acc"]
+    assert accuracies["32-true"] >= 0.95
+    assert abs(accuracies["bf16-mixed"] - accuracies["32-true"]) <= 0.005, accuracies
