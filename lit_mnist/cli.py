@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
-from lit_mnist.stopping import GracefulInterrupt
+from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossError, NonFiniteLossGuard
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
@@ -373,24 +373,12 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
             save_top_k=cfg.save_top_k,
             auto_insert_metric_name=False,
         ),
-        # last.ckpt after every epoch. (Lightning >= 2.6 writes save_last=True's last.ckpt only
-        # when a top-k checkpoint was written in the same step, so it can lag behind.)
-        # It also writes last.ckpt when SIGTERM or Ctrl-C stops the run (see lit_mnist.stopping).
-        ModelCheckpoint(
-            filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_exception=True
-        ),
+        LastCheckpoint(),
         GracefulInterrupt(),
+        NonFiniteLossGuard(),
     ]
     if cfg.ckpt_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                filename="last",
-                monitor=None,
-                save_top_k=1,
-                enable_version_counter=False,
-                every_n_train_steps=cfg.ckpt_every_n_steps,
-            )
-        )
+        callbacks.append(LastCheckpoint(every_n_train_steps=cfg.ckpt_every_n_steps))
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
@@ -596,6 +584,10 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Entry point of ``scripts/train.py``: parse, train, test, print the summary. Returns the exit status."""
+    # lightning 2.6.6 uses an API that torch 2.14 deprecates: not the user's business
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     cfg = parse_args(argv, prog)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
@@ -615,7 +607,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
     except CheckpointError as err:
         usage_exit(prog, f"--ckpt-path {err}")
-    except DataError as err:
+    except (DataError, NonFiniteLossError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if _global_rank() == 0:

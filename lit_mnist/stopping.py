@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class GracefulInterrupt(L.Callback):
@@ -59,3 +60,54 @@ class GracefulInterrupt(L.Callback):
             "\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).",
             file=sys.stderr,
         )
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the weights after this step are not worth keeping."""
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stop the run at the first NaN or infinite training loss, naming the step and the likely cause.
+
+    The check reads the loss of every step (one scalar comparison; on the CPU it costs nothing, on
+    a GPU it is a single small device-to-host copy). The run stops with :class:`NonFiniteLossError`,
+    which :class:`LastCheckpoint` does not save on, so neither the best nor the last checkpoint ever
+    holds the diverged weights.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(loss.detach().isfinite()):
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss)} at epoch {trainer.current_epoch}, step {trainer.global_step} "
+                f"(batch {batch_idx}); the learning rate ({lr:g}) is most likely too high: lower --lr, or add "
+                "--gradient-clip-val 1.0. No checkpoint holds the diverged weights."
+            )
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every epoch (and every N steps), and when SIGTERM or Ctrl-C stops the run.
+
+    Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
+    same step, so it can lag behind; this one always follows the latest epoch. On an exception it
+    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights).
+    """
+
+    def __init__(self, every_n_train_steps: int | None = None) -> None:
+        super().__init__(
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+            save_on_exception=every_n_train_steps is None,
+            every_n_train_steps=every_n_train_steps,
+        )
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, NonFiniteLossError):
+            super().on_exception(trainer, pl_module, exception)

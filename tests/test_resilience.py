@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -103,21 +104,27 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(run_args: list[str], tm
     _assert_same_weights(tmp_path / "straight" / "version_0", split_dir / "version_0")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_mid_epoch_resume_is_exact(
-    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    signum: int,
+    run_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """16 steps per epoch: SIGTERM arrives at step 21 (inside epoch 1); the resumed run ends identical."""
+    """16 steps per epoch: the signal arrives at step 21 (inside epoch 1); the resumed run ends identical."""
     assert train_main([*run_args, "--max-epochs", "3", "--log-dir", str(tmp_path / "straight")]) == 0
 
     def terminate_at_step_21(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == 21:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     split = [*run_args, "--max-epochs", "3", "--log-dir", str(tmp_path / "split")]
     with monkeypatch.context() as patch:
         patch.setattr(GracefulInterrupt, "on_train_batch_end", terminate_at_step_21, raising=False)
-        assert train_main(split) == 128 + signal.SIGTERM
-    assert "SIGTERM stopped training in epoch 1 after step 21" in capsys.readouterr().err
+        assert train_main(split) == 128 + signum
+    name = signal.Signals(signum).name
+    assert f"{name} stopped training in epoch 1 after step 21" in capsys.readouterr().err
     checkpoint = torch.load(tmp_path / "split/version_0/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 21
     assert train_main([*split, "--ckpt-path", "last"]) == 0
@@ -220,3 +227,36 @@ def test_bf16_mixed_matches_fp32_on_real_mnist(real_data_dir: Path, tmp_path: Pa
         accuracies[precision] = json.loads((log_dir / "version_0" / "results.json").read_text())["test_acc"]
     assert accuracies["32-true"] >= 0.95
     assert abs(accuracies["bf16-mixed"] - accuracies["32-true"]) <= 0.005, accuracies
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoints(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss turns NaN in epoch 2 (step 40): the run stops there; checkpoints keep epoch 1's weights."""
+    assert train_main([*run_args, "--log-dir", str(tmp_path / "good")]) == 0  # 2 good epochs
+    step = MNISTClassifier.training_step
+
+    def diverging_step(self: MNISTClassifier, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 40 else loss
+
+    monkeypatch.setattr(MNISTClassifier, "training_step", diverging_step)
+    capsys.readouterr()
+    assert train_main([*run_args, "--max-epochs", "4", "--log-dir", str(tmp_path / "nan")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("train.py: error: the training loss became nan at epoch 2, step 41 (batch 8)")
+    assert "is most likely too high: lower --lr" in err[0]
+    _assert_same_weights(tmp_path / "good" / "version_0", tmp_path / "nan" / "version_0")
+    for path in (tmp_path / "nan" / "version_0" / "checkpoints").iterdir():
+        weights = torch.load(path, weights_only=True)["state_dict"]
+        assert all(bool(w.isfinite().all()) for w in weights.values()), path.name
+
+
+def test_diverging_learning_rate_from_the_command_line(
+    run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_main([*run_args, "--lr", "1e6"]) == 1
+    err = capsys.readouterr().err
+    assert "the training loss became nan at epoch 0" in err
+    assert "learning rate (1e+06) is most likely too high" in err
