@@ -66,6 +66,10 @@ class Interrupted(Exception):
         return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)
 
 
+class RunError(RuntimeError):
+    """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
+
+
 class UsageError(Exception):
     """A bad flag or config value: reported as one line, exit status 2."""
 
@@ -525,6 +529,11 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                 raise Interrupted(
                     _stop_signal(trainer), run_dir / "checkpoints" / "last.ckpt", trainer
                 ) from None
+            except OSError as err:  # disk full, folder removed, ...: the written checkpoints stay intact
+                raise RunError(
+                    f"{err} (training stopped in epoch {trainer.current_epoch}; checkpoints written before "
+                    f"are intact in {run_dir / 'checkpoints'})"
+                ) from None
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -607,7 +616,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
     except CheckpointError as err:
         usage_exit(prog, f"--ckpt-path {err}")
-    except (DataError, NonFiniteLossError) as err:
+    except (DataError, NonFiniteLossError, RunError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if _global_rank() == 0:

@@ -8,11 +8,13 @@ test set, so every process of a multi-device run holds the same split.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
+import shutil
 import struct
-from collections.abc import Iterable
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -116,44 +118,80 @@ class MNISTDataModule(L.LightningDataModule):
         """Names of the four raw files (images and labels of train and test)."""
         return [Path(url).name.removesuffix(".gz") for url, _ in self.dataset_cls.resources]
 
-    def missing_files(self) -> list[str]:
-        """Raw files that are not in :attr:`raw_folder`."""
-        return [name for name in self.raw_files if not (self.raw_folder / name).is_file()]
-
     def prepare_data(self) -> None:
-        """Download the raw files if, and only if, some are missing; then check all of them."""
+        """Make sure the four raw files are present and intact, downloading only what is not.
+
+        Files that are present and pass :meth:`check_integrity` are never touched and nothing goes
+        to the network. Missing or corrupted files are downloaded with torchvision into a temporary
+        folder beside them, checked, and only then moved into place with an atomic rename, so an
+        interrupted download never leaves a half-written file that a later run would trust.
+
+        Raises:
+            DataError: saying which files are missing or corrupted, where they go, their MD5s.
+        """
         folder = Path(self.data_dir)
         if folder.exists() and not folder.is_dir():
             raise DataError(f"--data-dir {folder} is a file, not a folder; pass a folder (it may be empty).")
-        missing = self.missing_files()
-        if missing:
-            if not self.download:
-                raise DataError(self._missing_message(missing, "downloading is off"))
-            try:
-                for train in (True, False):
-                    self.dataset_cls(str(folder), train=train, download=True)
-            except PermissionError as err:
+        problems = self.find_problems()
+        if not problems:
+            return
+        if not self.download:
+            raise DataError(self._problem_message(problems, "downloading is off (--no-download)"))
+        try:
+            self._download_replacing(list(problems))
+        except DataError:
+            raise
+        except OSError as err:
+            if isinstance(err, PermissionError) or err.errno in (errno.EROFS, errno.EACCES, errno.ENOTDIR):
                 raise DataError(
-                    f"cannot write the dataset into {folder}: {err.strerror}. Pass a writable --data-dir."
+                    f"cannot write the dataset into {folder}: {err}. Pass a writable --data-dir."
                 ) from None
-            except Exception as err:  # torchvision raises RuntimeError/URLError/OSError per mirror
-                missing = self.missing_files()
-                if missing:
-                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    raise DataError(
-                        self._missing_message(missing, f"the download failed: {reason}")
-                    ) from None
-                raise
+            raise DataError(
+                self._problem_message(problems, f"the download failed: {_first_line(err)}")
+            ) from None
+        except Exception as err:  # torchvision raises RuntimeError/URLError per mirror
+            raise DataError(
+                self._problem_message(problems, f"the download failed: {_first_line(err)}")
+            ) from None
         self.check_integrity()
 
-    def _missing_message(self, missing: Iterable[str], reason: str) -> str:
+    def _download_replacing(self, names: list[str]) -> None:
+        """Download all raw files into a temporary folder, check them, then move ``names`` into place."""
+        root = Path(self.data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+        try:
+            for train in (True, False):
+                self.dataset_cls(str(staging), train=train, download=True)
+            fresh = staging / self.dataset_cls.__name__ / "raw"
+            for name in names:
+                if (problem := self._file_problem(fresh / name)) is not None:
+                    raise DataError(f"the downloaded {name} is damaged too ({problem}); try again later.")
+            self.raw_folder.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                os.replace(fresh / name, self.raw_folder / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _problem_message(self, problems: dict[str, str], reason: str) -> str:
         md5 = self.raw_md5 or {}
-        listing = "\n".join(f"  {name}  md5 {md5.get(name, '(not published)')}" for name in missing)
+        listing = "\n".join(
+            f"  {name}  md5 {md5.get(name, '(not published)')}  ({problem})"
+            for name, problem in problems.items()
+        )
         return (
-            f"{self.dataset_cls.__name__} raw files are missing from {self.raw_folder} and {reason}.\n"
-            f"Put these files there, uncompressed (or pass --data-dir / set {DATA_DIR_ENV} to a folder "
+            f"{self.dataset_cls.__name__} raw files are missing or damaged in {self.raw_folder} and {reason}.\n"
+            f"Put intact copies there, uncompressed (or pass --data-dir / set {DATA_DIR_ENV} to a folder "
             f"holding {self.dataset_cls.__name__}/raw):\n{listing}"
         )
+
+    def find_problems(self) -> dict[str, str]:
+        """Each raw file that is missing or damaged, with what is wrong with it."""
+        problems = {}
+        for name in self.raw_files:
+            if (problem := self._file_problem(self.raw_folder / name)) is not None:
+                problems[name] = problem
+        return problems
 
     def check_integrity(self) -> None:
         """Check every raw file's IDX header against its size, and the official files' MD5s.
@@ -166,18 +204,27 @@ class MNISTDataModule(L.LightningDataModule):
         Raises:
             DataError: naming the bad file, what is wrong, and how to fix it.
         """
-        for name in self.raw_files:
-            path = self.raw_folder / name
-            count = _check_idx(path, "labels" if "labels" in name else "images", self.image_shape[1:])
-            official = self.train_count if name.startswith("train") else self.test_count
-            expected = (self.raw_md5 or {}).get(name)
-            if count == official and expected is not None:
-                actual = _md5(path)
-                if actual != expected:
-                    raise DataError(
-                        f"{path} is corrupted: md5 {actual}, expected {expected}. "
-                        "Delete it and run again to download it anew, or copy an intact file there."
-                    )
+        if problems := self.find_problems():
+            name, problem = next(iter(problems.items()))
+            raise DataError(
+                f"{self.raw_folder / name} is damaged: {problem}. Delete it and run again to download it anew, "
+                "or copy an intact file there."
+            )
+
+    def _file_problem(self, path: Path) -> str | None:
+        """What is wrong with one raw file, or None when it is fine."""
+        if not path.is_file():
+            return "missing"
+        kind = "labels" if "labels" in path.name else "images"
+        try:
+            count = _check_idx(path, kind, self.image_shape[1:])
+        except ValueError as err:
+            return str(err)
+        official = self.train_count if path.name.startswith("train") else self.test_count
+        expected = (self.raw_md5 or {}).get(path.name)
+        if count == official and expected is not None and (actual := _md5(path)) != expected:
+            return f"md5 {actual}, expected {expected}"
+        return None
 
     # ----------------------------------------------------------------------- splits
     def setup(self, stage: str | None = None) -> None:
@@ -198,8 +245,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
         """Return the normalised images ``(N, C, H, W)`` (float32) and labels ``(N,)`` of one set."""
-        if self.missing_files():
-            raise DataError(self._missing_message(self.missing_files(), "prepare_data() did not run"))
+        if problems := self.find_problems():
+            raise DataError(self._problem_message(problems, "prepare_data() did not run"))
         dataset = self.dataset_cls(self.data_dir, train=train, download=False)
         images = dataset.data.unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
         return images, dataset.targets.long()
@@ -293,27 +340,31 @@ def _md5(path: Path) -> str:
 
 
 def _check_idx(path: Path, kind: str, image_hw: tuple[int, ...]) -> int:
-    """Check an uncompressed IDX file's magic number and size; return the number of items."""
+    """Check an uncompressed IDX file's magic number and size; return the number of items.
+
+    Raises:
+        ValueError: a short description of what is wrong.
+    """
     ndim = 3 if kind == "images" else 1
     header_size = 4 + 4 * ndim
     size = path.stat().st_size
     with open(path, "rb") as f:
         header = f.read(header_size)
     if len(header) < header_size:
-        raise DataError(
-            f"{path} is truncated ({size} bytes, no complete IDX header). Delete it and run again."
-        )
+        raise ValueError(f"truncated: {size} bytes, no complete IDX header")
     magic, *dims = struct.unpack(f">{1 + ndim}I", header)
     if magic != _IDX_MAGIC[kind]:
-        raise DataError(
-            f"{path} is not an IDX {kind} file (magic number {magic:#010x}, expected "
-            f"{_IDX_MAGIC[kind]:#010x}). Delete it and run again."
+        raise ValueError(
+            f"not an IDX {kind} file: magic number {magic:#010x}, expected {_IDX_MAGIC[kind]:#010x}"
         )
     if kind == "images" and tuple(dims[1:]) != tuple(image_hw):
-        raise DataError(f"{path} holds {dims[1]}x{dims[2]} images, expected {image_hw[0]}x{image_hw[1]}.")
+        raise ValueError(f"holds {dims[1]}x{dims[2]} images, expected {image_hw[0]}x{image_hw[1]}")
     expected = header_size + math.prod(dims)
     if size != expected:
-        raise DataError(
-            f"{path} is truncated or padded: {size} bytes, its header promises {expected}. Delete it and run again."
-        )
+        raise ValueError(f"truncated or padded: {size} bytes, its header promises {expected}")
     return int(dims[0])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -111,7 +111,7 @@ def test_no_download_lists_only_missing_files(data_copy: Path) -> None:
     (data_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="downloading is off") as info:
         MNISTDataModule(str(data_copy), download=False).prepare_data()
-    assert "t10k-labels-idx1-ubyte" in str(info.value)
+    assert "t10k-labels-idx1-ubyte  md5 27ae3e4e09519cfbb04c329615203637  (missing)" in str(info.value)
     assert "train-images-idx3-ubyte" not in str(info.value)
 
 
@@ -125,8 +125,10 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
 def test_truncated_raw_file_is_detected(data_copy: Path) -> None:
     path = data_copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte is truncated or padded"):
-        MNISTDataModule(str(data_copy)).prepare_data()
+    with pytest.raises(DataError, match="train-images-idx3-ubyte is damaged: truncated or padded"):
+        MNISTDataModule(str(data_copy)).check_integrity()
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte  md5 6bbc\w+  \(truncated or padded"):
+        MNISTDataModule(str(data_copy), download=False).prepare_data()
 
 
 def test_bad_idx_header_is_detected(data_copy: Path) -> None:
@@ -134,16 +136,18 @@ def test_bad_idx_header_is_detected(data_copy: Path) -> None:
     data = bytearray(path.read_bytes())
     data[3] = 0x03  # images magic in a labels file
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an IDX labels file"):
-        MNISTDataModule(str(data_copy)).prepare_data()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is damaged: not an IDX labels file"):
+        MNISTDataModule(str(data_copy)).check_integrity()
 
 
 def test_official_sized_file_must_match_the_published_md5(data_copy: Path) -> None:
-    # A test-label file with the official 10,000 entries but not the official bytes.
+    # A test-label file with the official 10,000 entries but not the official bytes (same size, other bytes).
     labels = np.arange(10_000, dtype=np.uint8) % 10
     write_idx(data_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte is corrupted: md5 \w+, expected 27ae3e4e"):
-        MNISTDataModule(str(data_copy)).prepare_data()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte is damaged: md5 \w+, expected 27ae3e4e"):
+        MNISTDataModule(str(data_copy)).check_integrity()
+    with pytest.raises(DataError, match="downloading is off"):
+        MNISTDataModule(str(data_copy), download=False).prepare_data()
 
 
 def test_val_size_must_leave_training_images(tiny_data: Path) -> None:

@@ -114,7 +114,7 @@ def test_missing_data_offline_is_one_clear_error(
     monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     assert train_main([*run_args, "--data-dir", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
-    assert "MNIST raw files are missing from" in err
+    assert "MNIST raw files are missing or damaged in" in err
     assert "6bbc9ace898e44ae57da46a324031adb" in err
     assert "Traceback" not in err
 
