@@ -27,12 +27,20 @@ import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lit_mnist.callbacks import (
+    EpochSpeed,
+    MonitoringTensorBoardLogger,
+    ParameterHistograms,
+    PredictionImages,
+    TrainingCurves,
+    written_figures,
+)
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
@@ -197,6 +205,12 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         type=int | None,
         default=None,
         help="Also write last.ckpt every N training steps.",
+    )
+    ckpt.add_argument(
+        "--log-histograms",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="Log weight and gradient histograms to TensorBoard once per epoch.",
     )
     return parser
 
@@ -368,7 +382,9 @@ def build_model(cfg: Namespace, datamodule: MNISTDataModule) -> MNISTClassifier:
 
 def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
     """The Trainer: TensorBoard in ``LOG_DIR/version_N``, best-by-``val/acc`` and last checkpoints."""
-    logger = TensorBoardLogger(save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False)
+    logger = MonitoringTensorBoardLogger(  # a TensorBoardLogger that logs the model graph quietly, once
+        save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False, log_graph=True
+    )
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
             filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
@@ -386,7 +402,16 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar())
+        callbacks.append(TQDMProgressBar(refresh_rate=20))  # a redraw per step costs ~0.4 ms
+    if not cfg.fast_dev_run:  # fast_dev_run disables the logger: nothing to monitor into
+        callbacks += [
+            LearningRateMonitor(logging_interval="step"),
+            EpochSpeed(),
+            TrainingCurves(),
+            PredictionImages(),
+        ]
+        if cfg.log_histograms:
+            callbacks.append(ParameterHistograms())
     limits = {
         f"limit_{stage}_batches": cfg[f"limit_{stage}_batches"]
         for stage in ("train", "val", "test")
@@ -552,6 +577,8 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         "best_checkpoint": best or None,
         "last_checkpoint": str(Path(best).parent / "last.ckpt") if best else None,
         "run_dir": str(run_dir) if version is not None else None,
+        # curves.png, confusion_matrix.png: written by the monitoring callbacks (rank 0)
+        "figures": written_figures(trainer),
     }
     if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
         assert isinstance(trainer.logger, TensorBoardLogger)
@@ -589,6 +616,8 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
             f"Train further:   add --ckpt-path last --max-epochs N (N > {results['epochs']}) to the same flags"
         )
         print(f"TensorBoard:     tensorboard --logdir {cfg.log_dir}")
+    for index, path in enumerate(results.get("figures", {}).values()):
+        print(f"{'Figures:' if index == 0 else '':<17}{path}")
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
