@@ -667,9 +667,16 @@ def _without_flag(args: list[str], flag: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``lit-mnist train [flags]``: the installed console command."""
+    """``lit-mnist train|evaluate|predict|export [flags]``: the installed console command."""
+    from lit_mnist.inference import evaluate_main, export_main, predict_main  # imports this module
+
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main}
+    commands = {
+        "train": train_main,
+        "evaluate": evaluate_main,
+        "predict": predict_main,
+        "export": export_main,
+    }
     if not args or args[0] not in commands:
         usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(commands)}")
     return commands[args[0]](args[1:], prog=f"lit-mnist {args[0]}")

@@ -1,0 +1,8 @@
+"""Export a trained checkpoint as ONNX or a torch.export program: ``python scripts/export.py --help``."""
+
+import sys
+
+from lit_mnist.inference import export_main
+
+if __name__ == "__main__":
+    sys.exit(export_main())
