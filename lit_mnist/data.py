@@ -106,6 +106,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed = seed
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._datasets: dict[str, Any] = {}
+        self._full_targets: dict[bool, Tensor] = {}  # labels as load() returned them, per set
 
     # ----------------------------------------------------------------- files and integrity
     @property
@@ -230,7 +231,8 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Parse the raw files and build the splits needed for ``stage`` (once per process)."""
         if stage in (None, "fit", "validate") and "train" not in self._splits:
-            images, targets = self._load(train=True)
+            images, targets = self.load(train=True)
+            self._full_targets[True] = targets
             n = len(targets)
             val_size = self.val_size
             if val_size >= n:
@@ -241,10 +243,16 @@ class MNISTDataModule(L.LightningDataModule):
             for split, idx in self._split_indices.items():
                 self._splits[split] = (images[idx], targets[idx])
         if stage in (None, "test", "predict") and "test" not in self._splits:
-            self._splits["test"] = self._load(train=False)
+            self._splits["test"] = self.load(train=False)
+            self._full_targets[False] = self._splits["test"][1]
 
-    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
-        """Return the normalised images ``(N, C, H, W)`` (float32) and labels ``(N,)`` of one set."""
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Return the normalised images ``(N, C, H, W)`` (float32) and labels ``(N,)`` of one set.
+
+        The training set (``train=True``) is split into train/val after this; ``train=False`` is the
+        test set. Override it to derive a new task from the same files (other labels, a subset of
+        classes): the in-memory loader (the default) serves whatever it returns.
+        """
         if problems := self.find_problems():
             raise DataError(self._problem_message(problems, "prepare_data() did not run"))
         dataset = self.dataset_cls(self.data_dir, train=train, download=False)
@@ -302,6 +310,7 @@ class MNISTDataModule(L.LightningDataModule):
         if split not in self._datasets:
             train = split != "test"
             dataset = self.dataset_cls(self.data_dir, train=train, download=False, transform=self.transform())
+            dataset.targets = self._full_targets[train].cpu()  # the labels of load(), overridden or not
             self._datasets[split] = Subset(dataset, self._split_indices[split].tolist()) if train else dataset
         return self._datasets[split]
 
