@@ -94,12 +94,25 @@ class MNISTClassifier(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.example_input_array = torch.zeros(1, *input_shape)
 
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # validate_args=False on the hot path: the checks read the labels on the host every step (a
+        # device sync on a GPU); the loss already refuses labels outside [0, num_classes).
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` around every hook it calls, about 50 times per training
+        # step, and ``nn.Module.__setattr__`` first looks the name up among parameters, buffers and
+        # submodules. The value is always a string or None, which nn.Module would store as a plain
+        # attribute anyway: storing it directly saved ~0.09 s of a ~1.9 s epoch (A/B in one process,
+        # 2-core CPU, batch 64).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def build_network(self) -> nn.Module:
         """Return the network that maps images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
