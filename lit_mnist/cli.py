@@ -554,6 +554,8 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                 raise Interrupted(
                     _stop_signal(trainer), run_dir / "checkpoints" / "last.ckpt", trainer
                 ) from None
+            except torch.OutOfMemoryError as err:
+                raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
             except OSError as err:  # disk full, folder removed, ...: the written checkpoints stay intact
                 raise RunError(
                     f"{err} (training stopped in epoch {trainer.current_epoch}; checkpoints written before "
@@ -562,9 +564,12 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        tested = trainer.test(
-            model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
-        )
+        try:
+            tested = trainer.test(
+                model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+            )
+        except torch.OutOfMemoryError as err:
+            raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
     finally:
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
@@ -600,6 +605,20 @@ def _make_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
         return build_trainer(cfg, version)
     except (MisconfigurationException, ValueError) as err:
         raise UsageError(" ".join(str(err).split())) from None
+
+
+def _out_of_memory_message(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Path) -> str:
+    """One line for a device out-of-memory error: where it happened and what to change."""
+    what = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+    smaller = max(cfg.batch_size // 2, 1)
+    stage = "testing" if trainer.testing else f"training (epoch {trainer.current_epoch}, step {trainer.global_step})"
+    hints = [f"pass a smaller --batch-size (e.g. {smaller}; it is per device)"]
+    if cfg.precision in ("32-true", "32", "64-true", "64"):
+        hints.append("--precision bf16-mixed or 16-mixed to halve the activations")
+    if cfg.loader == "memory":
+        hints.append("--loader torchvision to keep the dataset in host memory instead of on the device")
+    kept = f"; checkpoints written before are in {run_dir / 'checkpoints'}" if (run_dir / "checkpoints").is_dir() else ""
+    return f"out of memory on {trainer.strategy.root_device} during {stage} at --batch-size {cfg.batch_size}: {what}. Try: {'; '.join(hints)}{kept}"
 
 
 def print_summary(results: dict[str, Any], cfg: Namespace) -> None:

@@ -91,3 +91,33 @@ def test_failing_save_keeps_the_previous_checkpoint(
     after = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
     assert after == before
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1  # still loadable
+
+
+def test_out_of_memory_suggests_a_smaller_batch(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device OOM in epoch 1 (simulated: no GPU here) ends with one line naming what to change."""
+    from lit_mnist.module import MNISTClassifier
+
+    real_step = MNISTClassifier.training_step
+
+    def step(self: MNISTClassifier, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 1 and batch_idx == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MNISTClassifier, "training_step", step)
+    capsys.readouterr()
+    assert train_main(run_args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py:")]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert "out of memory on cpu during training (epoch 1, step" in line
+    assert "at --batch-size 32: CUDA out of memory. Tried to allocate 2.00 GiB (simulated)" in line
+    assert "pass a smaller --batch-size (e.g. 16; it is per device)" in line
+    assert "--precision bf16-mixed" in line and "--loader torchvision" in line
+    # nothing lost: epoch 0's checkpoints are intact and load
+    checkpoints = next((tmp_path / "logs").glob("version_*")) / "checkpoints"
+    assert f"checkpoints written before are in {checkpoints}" in line
+    best = next(checkpoints.glob("epoch00-*.ckpt"))
+    assert MNISTClassifier.load_from_checkpoint(best, weights_only=True) is not None
