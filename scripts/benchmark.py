@@ -1,0 +1,625 @@
+"""Benchmark one training epoch of the classic MNIST MLP: plain PyTorch loops against lit_mnist.
+
+What it compares -- the same data (the seeded 55,000-image train split of the MNIST training set)
+and the same recipe (MLP 784-128-64-10 with ReLU, cross-entropy, SGD lr 0.01 momentum 0.9):
+
+  (a) the classic PyTorch loop: torchvision ``MNIST(transform=ToTensor + Normalize)`` via ``Subset``,
+      ``DataLoader(batch_size=64, shuffle=True)``, then zero_grad / forward / loss / backward / step;
+  (b) the same plain loop over pre-normalised in-memory tensors, batches by ``index_select`` of a
+      ``torch.randperm`` drawn each epoch (what ``lit_mnist.loader.InMemoryBatchLoader`` does);
+  (c) lit_mnist: ``Trainer.fit(MNISTClassifier(), MNISTDataModule(loader="memory"))`` at batch 64,
+      training only (``limit_val_batches=0``), no logger, checkpoints, progress bar or model summary;
+  (d) as (c) at batch 2048, against the compute floor of that epoch (below).
+
+How it times:
+
+* Each case runs in a fresh process (``multiprocessing`` spawn), so the peak resident set size
+  (``getrusage(RUSAGE_SELF).ru_maxrss``, read at the end of the case) belongs to that case alone:
+  imports, data and training. (a) and (b) import torch and torchvision but not Lightning. On a GPU
+  the case also reports ``torch.cuda.max_memory_allocated``.
+* One warm-up epoch, then ``--repeats`` timed epochs (default 3); the table shows the median.
+* ``--rounds N`` runs the whole sequence of cases N times in turn (a b c d a b c d ...). A ratio is
+  then the median of its N per-round values (each from cases run minutes apart), so a shared machine
+  that slows down for a while moves both sides of the ratio; the table's seconds pool all rounds.
+  Seconds are ``time.perf_counter`` around one epoch; on a GPU ``torch.cuda.synchronize`` runs before
+  each clock read.
+* (a) and (b): the clock covers the whole epoch, the shuffle and the batch fetching included.
+* (c) and (d): one ``Trainer`` with ``max_epochs = 1 + repeats`` (epoch 0 is the warm-up); a
+  Callback reads the clock in ``on_train_epoch_start`` and ``on_train_epoch_end``, so the Trainer's
+  construction, ``prepare_data``/``setup`` (file checks, parsing, normalising), moving the data to the
+  device and the end-of-epoch metric reduction are outside it; the epoch's ``randperm``, batch
+  fetching and every per-step hook are inside it, as in (b).
+* The floor of (d): the GEMM FLOPs one epoch executes divided by a GEMM rate measured in (d)'s own
+  process right after its epochs, by timing ``torch.mm`` on exactly the matrices one training step
+  multiplies at batch 2048 (median of 5 rounds after a warm-up). Per sample, with layers
+  (784, 128), (128, 64), (64, 10): forward ``2 * sum(in * out)`` = 218,368 FLOPs; backward = weight
+  gradients ``2 * sum(in * out)`` plus input gradients of layers 2 and 3 ``2 * (128*64 + 64*10)``
+  (autograd computes no gradient for the images) = 236,032; total 454,400 FLOPs per sample (the
+  rule of thumb "backward = 2 x forward" would give 655,104). Bias, ReLU, loss and optimizer work
+  is elementwise and not counted. A square ``mm`` rate (1024, or 4096 on a GPU) is reported for context.
+
+Ratios and their targets: c/b <= 1.25 (seconds), a/c >= 6 (seconds), d/floor <= 1.5 (seconds),
+peak RSS c/b <= 1.2.
+
+Usage::
+
+    python scripts/benchmark.py --data-dir /path/holding/MNIST --json bench.json
+    python scripts/benchmark.py --data-dir /path/holding/MNIST --rounds 3   # a noisy, shared machine
+    python scripts/benchmark.py --cases b,c --repeats 5 --threads 1
+
+``--limit-batches N`` caps the batches of every epoch (smoke tests only: the numbers then mean little).
+Bad flags or a data folder without ``MNIST/raw`` end with one line and exit status 2; a failed case
+ends with one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from typing import Any
+
+# The same data as lit_mnist.data.MNISTDataModule (case (c) checks these against it): the light
+# processes (a) and (b) must not import lit_mnist, whose package imports Lightning.
+DATA_DIR_ENV = "LIT_MNIST_DATA_DIR"
+MEAN, STD = 0.1307, 0.3081
+SPLIT_SEED = 42
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+LAYERS = ((784, 128), (128, 64), (64, 10))
+LR, MOMENTUM = 0.01, 0.9
+CASES = {
+    "a": ("torchvision MNIST + DataLoader, plain loop", 64),
+    "b": ("in-memory tensors, randperm slices, plain loop", 64),
+    "c": ("lit_mnist Trainer.fit, loader=memory", 64),
+    "d": ("lit_mnist Trainer.fit, loader=memory", 2048),
+}
+TARGETS = {
+    "c/b": ("<=", 1.25),
+    "a/c": (">=", 6.0),
+    "d/floor": ("<=", 1.5),
+    "rss c/b": ("<=", 1.2),
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
+    parser = _OneLineParser(
+        prog="benchmark.py",
+        description="Time one MNIST training epoch: classic PyTorch, in-memory PyTorch, lit_mnist.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV) or "data",
+        help=f"Folder holding MNIST/raw (default: ${DATA_DIR_ENV}, else ./data). Never written to.",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="Device.")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed epochs per case (median reported).")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Run every case this many times, in turn (a b c d a b c d ...); each ratio is the median of "
+        "its per-round values, so a machine that slows down for a while shifts both sides of a ratio.",
+    )
+    parser.add_argument("--cases", default="a,b,c,d", help="Comma-separated subset of a,b,c,d.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads in every case (default: torch's)."
+    )
+    parser.add_argument(
+        "--val-size", type=int, default=5_000, help="Training images held out (the train split is the rest)."
+    )
+    parser.add_argument("--json", default=None, metavar="PATH", help="Also write all numbers as JSON.")
+    parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the selected cases, each in a fresh process; print the table; write the JSON. Returns the exit status."""
+    prog = "benchmark.py"
+    try:
+        cases = _check_args(args)
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    opts = {
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "val_size": args.val_size,
+        "limit_batches": args.limit_batches,
+    }
+    rounds: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    for index in range(args.rounds):
+        results: dict[str, Any] = {}
+        for case in cases:
+            where = f"round {index + 1} of {args.rounds}: " if args.rounds > 1 else ""
+            print(
+                f"running {where}({case}) {CASES[case][0]}, batch {CASES[case][1]} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                results[case] = _in_fresh_process(case, opts)
+            except Exception as err:
+                detail = " ".join(str(err).split()) or type(err).__name__
+                print(f"{prog}: error: case ({case}) failed: {detail}", file=sys.stderr)
+                return 1
+        rounds.append(results)
+    report = _report(rounds, args, cases)
+    report["machine"]["loadavg_1_5_15_before"] = load_before
+    report["machine"]["loadavg_1_5_15_after"] = os.getloadavg()
+    _print_table(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- parent side
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """Check what argparse cannot; return the cases in order. Raises ``ValueError`` with one line."""
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if not cases or unknown:
+        raise ValueError(f"--cases must be a comma-separated subset of a,b,c,d; got {args.cases!r}")
+    for flag, value in (
+        ("--repeats", args.repeats),
+        ("--rounds", args.rounds),
+        ("--val-size", args.val_size),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--threads", args.threads), ("--limit-batches", args.limit_batches)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    raw = os.path.join(args.data_dir, "MNIST", "raw")
+    missing = [name for name in RAW_FILES if not os.path.isfile(os.path.join(raw, name))]
+    if missing:
+        raise ValueError(
+            f"--data-dir {args.data_dir}: {raw} lacks {', '.join(missing)} (uncompressed IDX files); "
+            f"pass the folder holding MNIST/raw or set ${DATA_DIR_ENV} (the benchmark never downloads)"
+        )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return sorted(dict.fromkeys(cases))
+
+
+def _in_fresh_process(case: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in a new spawned process, so that its peak RSS is its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(_run_case, case, opts).result()
+        except BrokenProcessPool:
+            raise RuntimeError("its process died (out of memory?)") from None
+
+
+def _round_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The ratios of one round of cases."""
+    sec = {c: r["median_s"] for c, r in results.items()}
+    values = {}
+    if "b" in sec and "c" in sec:
+        values["c/b"] = sec["c"] / sec["b"]
+    if "a" in sec and "c" in sec:
+        values["a/c"] = sec["a"] / sec["c"]
+    if "d" in sec:
+        values["d/floor"] = sec["d"] / results["d"]["floor"]["floor_s"]
+    if "b" in results and "c" in results:
+        values["rss c/b"] = results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]
+    return values
+
+
+def _pooled(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case over all rounds: every timed epoch, their median, the largest peak memory."""
+    times = [t for r in per_round for t in r["epoch_s"]]
+    median = statistics.median(times)
+    result = {
+        **per_round[0],
+        "epoch_s": times,
+        "median_s": median,
+        "samples_per_s": per_round[0]["samples_per_epoch"] / median,
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in per_round),
+        "round_median_s": [r["median_s"] for r in per_round],
+    }
+    if "floor" in per_round[0]:
+        floors = [r["floor"] for r in per_round]
+        result["floor"] = {
+            **floors[0],
+            "floor_s": statistics.median(f["floor_s"] for f in floors),
+            "gemm_gflops": statistics.median(f["gemm_gflops"] for f in floors),
+            "square_gflops": statistics.median(f["square_gflops"] for f in floors),
+            "round_floor_s": [f["floor_s"] for f in floors],
+        }
+    return result
+
+
+def _report(rounds: list[dict[str, Any]], args: argparse.Namespace, cases: list[str]) -> dict[str, Any]:
+    """All numbers: machine, settings, cases (pooled over rounds), floor, and the ratios with their targets.
+
+    Each ratio is the median of its values in the rounds (one value per round of a, b, c, d).
+    """
+    per_round = [_round_ratios(results) for results in rounds]
+    ratios: dict[str, Any] = {}
+    for name in per_round[0]:
+        op, target = TARGETS[name]
+        value = statistics.median(r[name] for r in per_round)
+        met = value <= target if op == "<=" else value >= target
+        ratios[name] = {
+            "value": value,
+            "target": f"{op} {target:g}",
+            "met": met,
+            "rounds": [r[name] for r in per_round],
+        }
+    results = {case: _pooled([r[case] for r in rounds]) for case in rounds[0]}
+    first = next(iter(results.values()))
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": first["torch"],
+            "device": first["device"],
+            "device_name": first["device_name"],
+            "threads": first["threads"],
+        },
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "settings": {
+            "data_dir": args.data_dir,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "warmup_epochs": 1,
+            "val_size": args.val_size,
+            "limit_batches": args.limit_batches,
+            "cases": cases,
+            "statistic": "median",
+        },
+        "cases": results,
+        "ratios": ratios,
+    }
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    machine, cases = report["machine"], report["cases"]
+    settings = report["settings"]
+    rounds = f" in each of {settings['rounds']} rounds" if settings["rounds"] > 1 else ""
+    print(
+        f"\nOne training epoch, median of {settings['repeats']} after 1 warm-up{rounds}; device "
+        f"{machine['device_name']}, {machine['threads']} torch threads, torch {machine['torch']}; "
+        f"load average {machine['loadavg_1_5_15_before'][0]:.2f} before, {machine['loadavg_1_5_15_after'][0]:.2f} after"
+    )
+    cuda = machine["device"] == "cuda"
+    header = f"{'case':<6}{'what':<48}{'batch':>6}{'samples':>9}{'s/epoch':>10}{'samples/s':>11}{'peak RSS MiB':>14}"
+    print(header + (f"{'CUDA peak MiB':>15}" if cuda else ""))
+    for case, r in cases.items():
+        line = (
+            f"{case:<6}{r['what']:<48}{r['batch_size']:>6}{r['samples_per_epoch']:>9}{r['median_s']:>10.3f}"
+            f"{r['samples_per_s']:>11,.0f}{r['peak_rss_mib']:>14,.0f}"
+        )
+        print(line + (f"{r['cuda_peak_mib']:>15,.1f}" if cuda else ""))
+    if "d" in cases:
+        fl = cases["d"]["floor"]
+        print(
+            f"{'floor':<6}{'GEMM FLOPs of (d) / measured GEMM rate':<48}{cases['d']['batch_size']:>6}"
+            f"{cases['d']['samples_per_epoch']:>9}{fl['floor_s']:>10.3f}"
+            f"{cases['d']['samples_per_epoch'] / fl['floor_s']:>11,.0f}"
+        )
+        print(
+            f"      floor: {fl['flops_per_sample']:,} FLOPs/sample, layer-shaped mm at batch "
+            f"{fl['gemm_batch']}: {fl['gemm_gflops']:.1f} GFLOP/s "
+            f"(square {fl['square_n']} mm: {fl['square_gflops']:.1f} GFLOP/s)"
+        )
+    if report["ratios"]:
+        several = settings["rounds"] > 1
+        print(
+            f"\n{'ratio':<10}{'value':>8}  {'target':<9}met"
+            + ("  (median of the rounds: each round)" if several else "")
+        )
+        for name, r in report["ratios"].items():
+            each = "  " + " ".join(f"{v:.2f}" for v in r["rounds"]) if several else ""
+            print(f"{name:<10}{r['value']:>8.2f}  {r['target']:<9}{'yes' if r['met'] else 'NO ':<3}{each}")
+
+
+# --------------------------------------------------------------------------- child side (one case)
+def _run_case(case: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process: set up the case, time its epochs, read the peak memory."""
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if opts["threads"] is not None:
+        torch.set_num_threads(opts["threads"])
+    device = opts["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    what, batch_size = CASES[case]
+    runner = {"a": _case_classic, "b": _case_memory, "c": _case_lightning, "d": _case_lightning}[case]
+    times, samples, extra = runner(opts, torch.device(device), batch_size)
+    median = statistics.median(times)
+    result = {
+        "what": what,
+        "batch_size": batch_size,
+        "epoch_s": times,
+        "median_s": median,
+        "samples_per_epoch": samples,
+        "samples_per_s": samples / median,
+        "peak_rss_mib": _peak_rss_mib(),
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        "torch": torch.__version__,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
+    if case == "d":
+        result["floor"] = _floor(torch.device(device), samples)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} (CPU, {len(names)} logical cores)"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine() or "CPU"
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _sync(device: Any) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _epochs(opts: dict[str, Any], n: int, batch_size: int) -> tuple[int, int]:
+    """Batches and samples of one epoch of ``n`` samples, ``--limit-batches`` applied."""
+    batches = math.ceil(n / batch_size)
+    if opts["limit_batches"] is not None:
+        batches = min(batches, opts["limit_batches"])
+    return batches, min(n, batches * batch_size)
+
+
+def _train_indices(n: int, val_size: int) -> Any:
+    """The train split's indices, as ``MNISTDataModule.setup`` draws them."""
+    import torch
+
+    if val_size >= n:
+        raise ValueError(f"--val-size must be smaller than the {n} training images, got {val_size}")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[val_size:]
+
+
+def _classic_recipe(device: Any) -> tuple[Any, Any, Any]:
+    """The classic network (as ``lit_mnist.networks.MLP()``), its loss and SGD, on ``device``."""
+    from torch import nn, optim
+
+    (i1, o1), (i2, o2), (i3, o3) = LAYERS
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(i1, o1), nn.ReLU(), nn.Linear(i2, o2), nn.ReLU(), nn.Linear(i3, o3)
+    ).to(device)
+    return model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+
+def _time_epochs(run_epoch: Any, repeats: int, device: Any) -> list[float]:
+    """One warm-up epoch, then ``repeats`` timed ones (synchronised on a GPU)."""
+    run_epoch()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run_epoch()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _case_classic(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+    """(a): torchvision dataset with per-sample transforms, ``DataLoader``, the plain loop."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    dataset = datasets.MNIST(opts["data_dir"], train=True, download=False, transform=transform)
+    train = Subset(dataset, _train_indices(len(dataset), opts["val_size"]).tolist())
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True)
+    batches, samples = _epochs(opts, len(train), batch_size)
+    model, criterion, optimizer = _classic_recipe(device)
+
+    def run_epoch() -> None:
+        model.train()
+        for step, (x, y) in enumerate(loader):
+            if step == batches:
+                break
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+
+    return _time_epochs(run_epoch, opts["repeats"], device), samples, {}
+
+
+def _case_memory(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+    """(b): the train split normalised once into one tensor on ``device``; randperm index slices."""
+    import torch
+    from torchvision import datasets
+
+    raw = datasets.MNIST(opts["data_dir"], train=True, download=False)
+    index = _train_indices(len(raw.targets), opts["val_size"])
+    images = raw.data[index].unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD).to(device)
+    targets = raw.targets[index].long().to(device)
+    del raw
+    n = len(targets)
+    batches, samples = _epochs(opts, n, batch_size)
+    model, criterion, optimizer = _classic_recipe(device)
+
+    def run_epoch() -> None:
+        model.train()
+        order = torch.randperm(n, device=device)
+        for step in range(batches):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x, y = images.index_select(0, idx), targets.index_select(0, idx)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+
+    return _time_epochs(run_epoch, opts["repeats"], device), samples, {}
+
+
+def _case_lightning(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+    """(c), (d): ``Trainer.fit`` of lit_mnist's module and datamodule, timed by a Callback."""
+    import inspect
+    import logging
+
+    import lightning as L
+
+    from lit_mnist import MNISTClassifier, MNISTDataModule
+
+    split_seed = inspect.signature(MNISTDataModule).parameters["split_seed"].default
+    if (MNISTDataModule.mean, MNISTDataModule.std, split_seed) != (MEAN, STD, SPLIT_SEED):
+        raise RuntimeError(
+            "scripts/benchmark.py's MEAN, STD, SPLIT_SEED no longer match MNISTDataModule's: update them"
+        )
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available", no tips
+
+    class EpochTimer(L.Callback):
+        """Reads the clock at the start and end of every training epoch (synchronised on a GPU)."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.batches: list[int] = []
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            _sync(device)
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            _sync(device)
+            self.times.append(time.perf_counter() - self._start)
+            self.batches.append(int(trainer.num_training_batches))
+
+    model = MNISTClassifier()
+    datamodule = MNISTDataModule(
+        opts["data_dir"], batch_size=batch_size, val_size=opts["val_size"], loader="memory", download=False
+    )
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1 + opts["repeats"],
+        limit_train_batches=opts["limit_batches"] or 1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    n = len(datamodule.split("train")[1])
+    batches, samples = _epochs(opts, n, batch_size)
+    if timer.batches[1:] != [batches] * opts["repeats"]:
+        raise RuntimeError(f"Lightning ran {timer.batches} batches per epoch, expected {batches}")
+    return timer.times[1:], samples, {"warmup_s": timer.times[0]}
+
+
+def _floor(device: Any, samples: int, batch: int = 2048) -> dict[str, Any]:
+    """The GEMM floor of one epoch: executed GEMM FLOPs / the rate of the same GEMMs at ``batch``."""
+    import torch
+
+    (i1, o1), (i2, o2), (i3, o3) = LAYERS
+    forward = 2 * sum(i * o for i, o in LAYERS)
+    backward = forward + 2 * (i2 * o2 + i3 * o3)  # weight grads + input grads of layers 2, 3
+    per_sample = forward + backward
+
+    def r(*shape: int) -> Any:
+        return torch.randn(*shape, device=device)
+
+    x, h1, h2 = r(batch, i1), r(batch, o1), r(batch, o2)
+    w1, w2, w3 = r(o1, i1), r(o2, i2), r(o3, i3)
+    g1, g2, g3 = r(batch, o1), r(batch, o2), r(batch, o3)
+
+    def step_gemms() -> None:  # the mm's of one step, with the transposes autograd uses
+        torch.mm(x, w1.t()), torch.mm(h1, w2.t()), torch.mm(h2, w3.t())
+        torch.mm(g1.t(), x), torch.mm(g2.t(), h1), torch.mm(g3.t(), h2)
+        torch.mm(g3, w3), torch.mm(g2, w2)
+
+    square_n = 4096 if device.type == "cuda" else 1024
+    a, b = r(square_n, square_n), r(square_n, square_n)
+    step_s = _rate(step_gemms, device)
+    square_s = _rate(lambda: torch.mm(a, b), device)
+    gemm_gflops = per_sample * batch / step_s / 1e9
+    return {
+        "flops_per_sample": per_sample,
+        "forward_flops_per_sample": forward,
+        "backward_flops_per_sample": backward,
+        "flops_per_epoch": per_sample * samples,
+        "gemm_batch": batch,
+        "gemm_gflops": gemm_gflops,
+        "floor_s": per_sample * samples / (gemm_gflops * 1e9),
+        "floor_3x_forward_s": 3 * forward * samples / (gemm_gflops * 1e9),
+        "square_n": square_n,
+        "square_gflops": 2 * square_n**3 / square_s / 1e9,
+    }
+
+
+def _rate(fn: Any, device: Any, rounds: int = 5, min_s: float = 0.05) -> float:
+    """Median seconds of one call of ``fn`` over ``rounds`` rounds of at least ``min_s`` each, after a warm-up."""
+    for _ in range(3):
+        fn()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_s:
+        fn()
+        calls += 1
+        _sync(device)
+    per_round = max(calls, 1)
+    times = []
+    for _ in range(rounds):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(per_round):
+            fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) / per_round)
+    return statistics.median(times)
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_parser().parse_args()))

@@ -1,0 +1,86 @@
+"""scripts/benchmark.py as a user runs it: a subprocess on the tiny dataset, a few batches per epoch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def run_benchmark(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_every_case_and_ratio_is_reported(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run_benchmark(
+        "--data-dir", str(tiny_data),
+        "--val-size", "100",
+        "--device", "cpu",
+        "--repeats", "1",
+        "--limit-batches", "2",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+
+    assert set(report["cases"]) == {"a", "b", "c", "d"}
+    for case, result in report["cases"].items():
+        assert len(result["epoch_s"]) == 1, case
+        for key in ("median_s", "samples_per_s", "peak_rss_mib"):
+            assert result[key] > 0, (case, key, result[key])
+        # 500 training images (600 - 100 held out); two batches of 64, or all of them at 2048
+        assert result["samples_per_epoch"] == (128 if result["batch_size"] == 64 else 500), case
+    floor = report["cases"]["d"]["floor"]
+    assert floor["flops_per_sample"] == 454_400
+    assert floor["floor_s"] > 0 and floor["gemm_gflops"] > 0
+
+    assert set(report["ratios"]) == {"c/b", "a/c", "d/floor", "rss c/b"}
+    for name, ratio in report["ratios"].items():
+        assert ratio["value"] > 0, name
+        assert ratio["target"].startswith(("<=", ">=")), name
+        assert isinstance(ratio["met"], bool), name
+    for name in ("c/b", "a/c", "d/floor", "rss c/b"):
+        assert name in proc.stdout  # the printed table has the ratios too
+
+
+def test_usage_errors_are_one_line_with_status_2(tiny_data: Path, tmp_path: Path) -> None:
+    for args, expected in (
+        (["--data-dir", str(tmp_path / "nowhere")], "--data-dir"),
+        (["--data-dir", str(tiny_data), "--cases", "a,x"], "--cases"),
+        (["--data-dir", str(tiny_data), "--repeats", "0"], "--repeats must be >= 1"),
+        (["--device", "tpu"], "--device"),
+    ):
+        proc = run_benchmark(*args, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+
+
+def test_rounds_give_each_ratio_as_the_median_of_its_rounds(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run_benchmark(
+        "--data-dir", str(tiny_data),
+        "--val-size", "100",
+        "--device", "cpu",
+        "--cases", "b,c",
+        "--repeats", "1",
+        "--rounds", "3",
+        "--limit-batches", "2",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["settings"]["rounds"] == 3
+    b, c = report["cases"]["b"], report["cases"]["c"]
+    assert len(b["epoch_s"]) == len(c["epoch_s"]) == 3  # one timed epoch per round, pooled
+    per_round = [tc / tb for tb, tc in zip(b["round_median_s"], c["round_median_s"], strict=True)]
+    ratio = report["ratios"]["c/b"]
+    assert ratio["rounds"] == per_round
+    assert ratio["value"] == sorted(per_round)[1]
+    assert "median of the rounds" in proc.stdout
