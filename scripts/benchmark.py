@@ -9,7 +9,12 @@ and the same recipe (MLP 784-128-64-10 with ReLU, cross-entropy, SGD lr 0.01 mom
       ``torch.randperm`` drawn each epoch (what ``lit_mnist.loader.InMemoryBatchLoader`` does);
   (c) lit_mnist: ``Trainer.fit(MNISTClassifier(), MNISTDataModule(loader="memory"))`` at batch 64,
       training only (``limit_val_batches=0``), no logger, checkpoints, progress bar or model summary;
-  (d) as (c) at batch 2048, against the compute floor of that epoch (below).
+  (d) as (c) at batch 2048, against the compute floor of that epoch (below);
+  (e) as (c) with validation (5,000 images) every epoch;
+  (f) the Trainer ``scripts/train.py`` builds from its default flags (``lit_mnist.cli.build_trainer``):
+      TensorBoard logger, LR monitor, speed scalars, prediction/misclassified/confusion-matrix images,
+      the curves, the NaN guard, signal handling, best and last checkpoints (in a temporary folder)
+      -- against (e), what monitoring, logging and checkpointing cost a run.
 
 How it times:
 
@@ -18,17 +23,18 @@ How it times:
   imports, data and training. (a) and (b) import torch and torchvision but not Lightning. On a GPU
   the case also reports ``torch.cuda.max_memory_allocated``.
 * One warm-up epoch, then ``--repeats`` timed epochs (default 3); the table shows the median.
-* ``--rounds N`` runs the whole sequence of cases N times in turn (a b c d a b c d ...). A ratio is
-  then the median of its N per-round values (each from cases run minutes apart), so a shared machine
-  that slows down for a while moves both sides of the ratio; the table's seconds pool all rounds.
   Seconds are ``time.perf_counter`` around one epoch; on a GPU ``torch.cuda.synchronize`` runs before
   each clock read.
+* ``--rounds N`` runs the whole sequence of cases N times in turn (a b c ... a b c ...). A ratio is
+  then the median of its N per-round values (each from cases run minutes apart), so a shared machine
+  that slows down for a while moves both sides of the ratio; the table's seconds pool all rounds.
 * (a) and (b): the clock covers the whole epoch, the shuffle and the batch fetching included.
-* (c) and (d): one ``Trainer`` with ``max_epochs = 1 + repeats`` (epoch 0 is the warm-up); a
+* (c) to (f): one ``Trainer`` with ``max_epochs = 1 + repeats`` (epoch 0 is the warm-up); a
   Callback reads the clock in ``on_train_epoch_start`` and ``on_train_epoch_end``, so the Trainer's
   construction, ``prepare_data``/``setup`` (file checks, parsing, normalising), moving the data to the
   device and the end-of-epoch metric reduction are outside it; the epoch's ``randperm``, batch
-  fetching and every per-step hook are inside it, as in (b).
+  fetching and every per-step hook are inside it, as in (b). In (e) and (f) the epoch's validation,
+  the images drawn after it and the checkpoints saved after it are inside it too.
 * The floor of (d): the GEMM FLOPs one epoch executes divided by a GEMM rate measured in (d)'s own
   process right after its epochs, by timing ``torch.mm`` on exactly the matrices one training step
   multiplies at batch 2048 (median of 5 rounds after a warm-up). Per sample, with layers
@@ -39,7 +45,8 @@ How it times:
   is elementwise and not counted. A square ``mm`` rate (1024, or 4096 on a GPU) is reported for context.
 
 Ratios and their targets: c/b <= 1.25 (seconds), a/c >= 6 (seconds), d/floor <= 1.5 (seconds),
-peak RSS c/b <= 1.2.
+peak RSS c/b <= 1.2 (issue 3); f/e <= 1.1 (seconds; issue 5: monitoring must not slow training
+noticeably).
 
 Usage::
 
@@ -55,6 +62,7 @@ ends with one line and exit status 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -86,12 +94,15 @@ CASES = {
     "b": ("in-memory tensors, randperm slices, plain loop", 64),
     "c": ("lit_mnist Trainer.fit, loader=memory", 64),
     "d": ("lit_mnist Trainer.fit, loader=memory", 2048),
+    "e": ("(c) + validation each epoch", 64),
+    "f": ("(e) as train.py runs it: TB, monitoring, ckpts", 64),
 }
 TARGETS = {
     "c/b": ("<=", 1.25),
     "a/c": (">=", 6.0),
     "d/floor": ("<=", 1.5),
     "rss c/b": ("<=", 1.2),
+    "f/e": ("<=", 1.1),
 }
 
 
@@ -122,7 +133,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="Run every case this many times, in turn (a b c d a b c d ...); each ratio is the median of "
         "its per-round values, so a machine that slows down for a while shifts both sides of a ratio.",
     )
-    parser.add_argument("--cases", default="a,b,c,d", help="Comma-separated subset of a,b,c,d.")
+    parser.add_argument("--cases", default="a,b,c,d,e,f", help="Comma-separated subset of a,b,c,d,e,f.")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads in every case (default: torch's)."
     )
@@ -185,7 +196,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if not cases or unknown:
-        raise ValueError(f"--cases must be a comma-separated subset of a,b,c,d; got {args.cases!r}")
+        raise ValueError(f"--cases must be a comma-separated subset of {','.join(CASES)}; got {args.cases!r}")
     for flag, value in (
         ("--repeats", args.repeats),
         ("--rounds", args.rounds),
@@ -232,6 +243,8 @@ def _round_ratios(results: dict[str, Any]) -> dict[str, float]:
         values["d/floor"] = sec["d"] / results["d"]["floor"]["floor_s"]
     if "b" in results and "c" in results:
         values["rss c/b"] = results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]
+    if "e" in sec and "f" in sec:
+        values["f/e"] = sec["f"] / sec["e"]
     return values
 
 
@@ -361,7 +374,14 @@ def _run_case(case: str, opts: dict[str, Any]) -> dict[str, Any]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     what, batch_size = CASES[case]
-    runner = {"a": _case_classic, "b": _case_memory, "c": _case_lightning, "d": _case_lightning}[case]
+    runner: Any = {
+        "a": _case_classic,
+        "b": _case_memory,
+        "c": _case_lightning,
+        "d": _case_lightning,
+        "e": functools.partial(_case_lightning, validate=True),
+        "f": _case_full_run,
+    }[case]
     times, samples, extra = runner(opts, torch.device(device), batch_size)
     median = statistics.median(times)
     result = {
@@ -500,8 +520,10 @@ def _case_memory(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[li
     return _time_epochs(run_epoch, opts["repeats"], device), samples, {}
 
 
-def _case_lightning(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
-    """(c), (d): ``Trainer.fit`` of lit_mnist's module and datamodule, timed by a Callback."""
+def _case_lightning(
+    opts: dict[str, Any], device: Any, batch_size: int, validate: bool = False
+) -> tuple[list[float], int, dict]:
+    """(c), (d), (e): ``Trainer.fit`` of lit_mnist's module and datamodule, timed by a Callback."""
     import inspect
     import logging
 
@@ -517,9 +539,71 @@ def _case_lightning(opts: dict[str, Any], device: Any, batch_size: int) -> tuple
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available", no tips
 
-    class EpochTimer(L.Callback):
-        """Reads the clock at the start and end of every training epoch (synchronised on a GPU)."""
+    model = MNISTClassifier()
+    datamodule = MNISTDataModule(
+        opts["data_dir"], batch_size=batch_size, val_size=opts["val_size"], loader="memory", download=False
+    )
+    timer = _epoch_timer(device)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1 + opts["repeats"],
+        limit_train_batches=opts["limit_batches"] or 1.0,
+        limit_val_batches=(opts["limit_batches"] or 1.0) if validate else 0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return _timed_epochs(timer, opts, len(datamodule.split("train")[1]), batch_size)
 
+
+def _case_full_run(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+    """(f): the Trainer that ``scripts/train.py`` builds (``lit_mnist.cli.build_trainer``) from its default
+    flags -- TensorBoard logger, monitoring callbacks (LR monitor, speed, prediction images, confusion
+    matrix, curves), NaN guard, signal handling, best and last checkpoints -- in a temporary log folder."""
+    import logging
+    import tempfile
+
+    from lit_mnist.cli import build_datamodule, build_model, build_trainer, parse_args
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="lit_mnist_bench_") as log_dir:
+        argv = [
+            "--data-dir", opts["data_dir"],
+            "--val-size", str(opts["val_size"]),
+            "--batch-size", str(batch_size),
+            "--accelerator", "gpu" if device.type == "cuda" else "cpu",
+            "--devices", "1",
+            "--max-epochs", str(1 + opts["repeats"]),
+            "--no-progress-bar",
+            "--no-download",
+            "--log-dir", log_dir,
+        ]  # fmt: skip
+        if opts["limit_batches"]:
+            argv += ["--limit-train-batches", str(opts["limit_batches"])]
+            argv += ["--limit-val-batches", str(opts["limit_batches"])]
+        cfg = parse_args(argv, prog="benchmark.py")
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule)
+        trainer = build_trainer(cfg, version=0)
+        timer = _epoch_timer(device)
+        callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at init
+        callbacks.append(timer)  # after the checkpoints: the epoch's saves are inside the clock
+        trainer.fit(model, datamodule=datamodule)
+    return _timed_epochs(timer, opts, len(datamodule.split("train")[1]), batch_size)
+
+
+def _epoch_timer(device: Any) -> Any:
+    """A Callback that reads the clock at the start and end of every training epoch (synchronised on a
+    GPU). Lightning runs an epoch's validation, and the checkpoints saved after it, before
+    ``on_train_epoch_end``: with validation on, they are inside the clock."""
+    import lightning as L
+
+    class EpochTimer(L.Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
             self.batches: list[int] = []
@@ -533,26 +617,11 @@ def _case_lightning(opts: dict[str, Any], device: Any, batch_size: int) -> tuple
             self.times.append(time.perf_counter() - self._start)
             self.batches.append(int(trainer.num_training_batches))
 
-    model = MNISTClassifier()
-    datamodule = MNISTDataModule(
-        opts["data_dir"], batch_size=batch_size, val_size=opts["val_size"], loader="memory", download=False
-    )
-    timer = EpochTimer()
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=1 + opts["repeats"],
-        limit_train_batches=opts["limit_batches"] or 1.0,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, datamodule=datamodule)
-    n = len(datamodule.split("train")[1])
+    return EpochTimer()
+
+
+def _timed_epochs(timer: Any, opts: dict[str, Any], n: int, batch_size: int) -> tuple[list[float], int, dict]:
+    """The timed epochs after the warm-up, checked to have run every batch."""
     batches, samples = _epochs(opts, n, batch_size)
     if timer.batches[1:] != [batches] * opts["repeats"]:
         raise RuntimeError(f"Lightning ran {timer.batches} batches per epoch, expected {batches}")

@@ -29,7 +29,7 @@ def test_every_case_and_ratio_is_reported(tiny_data: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
 
-    assert set(report["cases"]) == {"a", "b", "c", "d"}
+    assert set(report["cases"]) == {"a", "b", "c", "d", "e", "f"}
     for case, result in report["cases"].items():
         assert len(result["epoch_s"]) == 1, case
         for key in ("median_s", "samples_per_s", "peak_rss_mib"):
@@ -40,12 +40,12 @@ def test_every_case_and_ratio_is_reported(tiny_data: Path, tmp_path: Path) -> No
     assert floor["flops_per_sample"] == 454_400
     assert floor["floor_s"] > 0 and floor["gemm_gflops"] > 0
 
-    assert set(report["ratios"]) == {"c/b", "a/c", "d/floor", "rss c/b"}
+    assert set(report["ratios"]) == {"c/b", "a/c", "d/floor", "rss c/b", "f/e"}
     for name, ratio in report["ratios"].items():
         assert ratio["value"] > 0, name
         assert ratio["target"].startswith(("<=", ">=")), name
         assert isinstance(ratio["met"], bool), name
-    for name in ("c/b", "a/c", "d/floor", "rss c/b"):
+    for name in ("c/b", "a/c", "d/floor", "rss c/b", "f/e"):
         assert name in proc.stdout  # the printed table has the ratios too
 
 
