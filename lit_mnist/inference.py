@@ -38,7 +38,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_mnist.cli import (
@@ -255,25 +255,19 @@ def _trainer(
 
 # --------------------------------------------------------------------------- evaluate
 class ConfusionMatrixCallback(L.Callback):
-    """Accumulates the confusion matrix of the very logits ``test_step`` computes.
+    """Accumulates the confusion matrix of the very predictions ``test_step`` makes.
 
-    A forward hook on the module keeps the output of the last ``self(x)`` call; at the end of each
-    test batch it is compared with the batch's labels. No second pass over the data is needed, and
-    the matrix's diagonal adds up to the count behind ``test/acc``.
+    ``MNISTClassifier.test_step`` returns ``{"preds": class indices}`` (the monitoring callbacks use
+    the same), so no second pass over the data is needed and the matrix's diagonal adds up to the
+    count behind ``test/acc``.
     """
 
     def __init__(self, num_classes: int) -> None:
         self.matrix = MulticlassConfusionMatrix(num_classes=num_classes)
-        self._logits: Tensor | None = None
-        self._handle: Any = None
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.matrix = self.matrix.to(pl_module.device)
         self.matrix.reset()
-        self._handle = pl_module.register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        self._logits = output
 
     def on_test_batch_end(
         self,
@@ -284,15 +278,10 @@ class ConfusionMatrixCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._logits is None:
-            raise RuntimeError("test_step did not call the module (self(x)): no logits to count")
-        self.matrix.update(self._logits.detach(), batch[1])
-        self._logits = None
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        preds = outputs.get("preds") if isinstance(outputs, dict) else None
+        if not isinstance(preds, Tensor):
+            raise RuntimeError('test_step must return {"preds": class indices} to count the confusion matrix')
+        self.matrix.update(preds, batch[1])
 
 
 @dataclass
