@@ -548,6 +548,9 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                # A run stopped after an epoch's last training batch resumes without that epoch's
+                # validation (Lightning skips it): no val/acc for that epoch is expected, not a bug.
+                warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor='val/acc'\)` could not find")
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:

@@ -157,8 +157,10 @@ class MNISTClassifier(L.LightningModule):
         return trainer is not None and bool(trainer._logger_connector.should_update_logs)
 
     def on_train_epoch_end(self) -> None:
-        # compute() reduces across DDP ranks; reset for the next epoch.
-        self.log("train/acc", self.train_acc.compute())
+        # compute() reduces across DDP ranks; reset for the next epoch. An epoch may have no step in
+        # this process: a run resumed from a checkpoint saved after the epoch's last batch.
+        if self.train_acc.update_count > 0:
+            self.log("train/acc", self.train_acc.compute())
         self.train_acc.reset()
 
     def on_train_start(self) -> None:

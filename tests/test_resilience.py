@@ -260,3 +260,24 @@ def test_diverging_learning_rate_from_the_command_line(
     err = capsys.readouterr().err
     assert "the training loss became nan at epoch 0" in err
     assert "learning rate (1e+06) is most likely too high" in err
+
+
+def test_resume_after_a_signal_at_the_last_batch_of_an_epoch(
+    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during epoch 0's last batch (step 16): the resumed epoch has no batch left to train,
+    ends cleanly (no metric computed from nothing), and the run ends identical to an uninterrupted one."""
+    assert train_main([*run_args, "--max-epochs", "2", "--log-dir", str(tmp_path / "straight")]) == 0
+
+    def terminate_at_step_16(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == 16:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    split = [*run_args, "--max-epochs", "2", "--log-dir", str(tmp_path / "split")]
+    with monkeypatch.context() as patch:
+        patch.setattr(GracefulInterrupt, "on_train_batch_end", terminate_at_step_16, raising=False)
+        assert train_main(split) == 128 + signal.SIGTERM
+    checkpoint = torch.load(tmp_path / "split/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert (checkpoint["global_step"], checkpoint["epoch"]) == (16, 0)
+    assert train_main([*split, "--ckpt-path", "last"]) == 0
+    _assert_same_weights(tmp_path / "straight" / "version_0", tmp_path / "split" / "version_0")
