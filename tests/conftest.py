@@ -51,20 +51,25 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny_data"))
 
 
-@pytest.fixture
-def run_args(tiny_data: Path, tmp_path: Path) -> list[str]:
-    """Flags that shrink a run: CPU, the tiny dataset, 100 validation images, logs in tmp_path."""
+def shrunk_args(data_dir: Path, log_dir: Path, max_epochs: int = 2) -> list[str]:
+    """Flags that shrink a run: CPU, a tiny dataset, 100 validation images, batch 32."""
     return [
-        "--data-dir", str(tiny_data),
+        "--data-dir", str(data_dir),
         "--val-size", "100",
         "--batch-size", "32",
         "--accelerator", "cpu",
         "--devices", "1",
-        "--max-epochs", "2",
+        "--max-epochs", str(max_epochs),
         "--no-progress-bar",
         "--log-every-n-steps", "5",
-        "--log-dir", str(tmp_path / "logs"),
+        "--log-dir", str(log_dir),
     ]  # fmt: skip
+
+
+@pytest.fixture
+def run_args(tiny_data: Path, tmp_path: Path) -> list[str]:
+    """:func:`shrunk_args` on the tiny dataset, logs in tmp_path."""
+    return shrunk_args(tiny_data, tmp_path / "logs")
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from lit_mnist.inference import (
     run_exported,
     should_invert,
 )
-from tests.conftest import make_digits, write_tiny_mnist
+from tests.conftest import make_digits, shrunk_args, write_tiny_mnist
 
 COMMANDS = {"evaluate": evaluate_main, "predict": predict_main, "export": export_main}
 
@@ -42,23 +42,8 @@ class Run:
     results: dict[str, Any]
 
 
-def _shrunk_args(data_dir: Path, log_dir: Path) -> list[str]:
-    """The flags of conftest's ``run_args`` for a module-scoped run, and one epoch."""
-    return [
-        "--data-dir", str(data_dir),
-        "--val-size", "100",
-        "--batch-size", "32",
-        "--accelerator", "cpu",
-        "--devices", "1",
-        "--max-epochs", "1",
-        "--no-progress-bar",
-        "--log-every-n-steps", "5",
-        "--log-dir", str(log_dir),
-    ]  # fmt: skip
-
-
 def _train(data_dir: Path, log_dir: Path, *extra: str) -> Run:
-    assert train_main([*_shrunk_args(data_dir, log_dir), *extra]) == 0
+    assert train_main([*shrunk_args(data_dir, log_dir, max_epochs=1), *extra]) == 0
     (run_dir,) = log_dir.glob("version_*")
     results = json.loads((run_dir / "results.json").read_text())
     return Run(data_dir, log_dir, Path(results["best_checkpoint"]), results)
@@ -118,7 +103,7 @@ def test_evaluate_takes_data_dir_and_batch_size(trained: Run, capsys: pytest.Cap
 
 def test_cnn_trains_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_tiny_mnist(tmp_path / "data")
-    assert train_main([*_shrunk_args(data, tmp_path / "dev"), "--model", "cnn", "--fast-dev-run"]) == 0
+    assert train_main([*shrunk_args(data, tmp_path / "dev", max_epochs=1), "--model", "cnn", "--fast-dev-run"]) == 0
     run = _train(data, tmp_path / "logs", "--model", "cnn", "--limit-train-batches", "6")
     assert load_checkpoint(run.ckpt).model.hparams["model"] == "cnn"
     capsys.readouterr()
