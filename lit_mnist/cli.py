@@ -118,6 +118,14 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         "--loader", type=str, choices=list(LOADERS), default=data_default("loader"), help="Loader."
     )
     data.add_argument(
+        "--steps-per-batch",
+        type=int,
+        default=data_default("steps_per_batch"),
+        help="Optimizer steps per batch Lightning sees (memory loader): same steps and weights, less "
+        "overhead; lowered to divide the steps per epoch, --log-every-n-steps, --max-steps and "
+        "--ckpt-every-n-steps; 1 with the torchvision loader, clipping, accumulation or --limit-train-batches.",
+    )
+    data.add_argument(
         "--download", action=ActionYesNo(no_prefix="no-"), default=True, help="Download missing raw files."
     )
 
@@ -357,6 +365,7 @@ def build_datamodule(cfg: Namespace) -> MNISTDataModule:
         loader=cfg.loader,
         download=cfg.download,
         seed=cfg.seed,
+        steps_per_batch=cfg.steps_per_batch,
     )
 
 

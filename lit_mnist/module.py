@@ -7,6 +7,7 @@ rebuilds the trained model with no other argument. The module knows nothing of f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,10 @@ class MNISTClassifier(L.LightningModule):
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
 
+    # Step groups (see `automatic_optimization`): the trainer the decision was made for, and the decision.
+    _groups_for: Any = None
+    _groups: bool = False
+
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook it calls, about 50 times per training
         # step, and ``nn.Module.__setattr__`` first looks the name up among parameters, buffers and
@@ -113,6 +118,88 @@ class MNISTClassifier(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ step groups
+    @property
+    def trains_step_groups(self) -> bool:
+        """Whether this module can take several optimizer steps per training batch (step groups).
+
+        True unless a subclass overrides :meth:`training_step` (its batches stay one step each) or
+        sets ``automatic_optimization = False`` itself.
+        """
+        return type(self).training_step is MNISTClassifier.training_step and self._automatic_optimization
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """False while fitting with step groups: the datamodule's training batches hold
+        ``steps_per_batch`` batches of ``batch_size`` and :meth:`training_step` steps through them
+        (see ``MNISTDataModule.steps_per_batch``). Lightning's automatic optimization otherwise.
+
+        Lightning reads this several times per step, so the decision is made once per trainer.
+        """
+        trainer = self._trainer
+        if trainer is not self._groups_for:
+            datamodule = getattr(trainer, "datamodule", None)  # the decision is the datamodule's
+            groups = getattr(datamodule, "groups_steps", None)
+            object.__setattr__(self, "_groups", bool(callable(groups) and groups()))
+            object.__setattr__(self, "_groups_for", trainer)
+        return self._automatic_optimization and not self._groups
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
+
+    def _training_group(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The optimizer steps of a group of batches, in order: what one step per batch would do.
+
+        The same forward, loss, ``zero_grad``, backward, optimizer and scheduler steps as Lightning's
+        automatic optimization, with ``manual_backward`` (precision, DDP gradient averaging) and the
+        LightningOptimizer (``global_step``), per batch of the datamodule's ``batch_size``.
+        """
+        trainer: Any = self.trainer
+        size = int(trainer.datamodule.batch_size)
+        images, targets = batch
+        # normally done by MNISTDataModule.on_before_batch_transfer, before the callbacks see the batch
+        count_step_group(trainer, math.ceil(targets.shape[0] / size))
+        optimizer: Any = self.optimizers()
+        losses = []
+        for x, y in zip(images.split(size), targets.split(size), strict=True):
+            logits = self(x)
+            loss = self.criterion(logits, y)
+            self.train_acc.update(logits.detach(), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._step_schedulers("step", trainer.global_step)
+            losses.append(loss.detach() * y.shape[0])
+        if self._logs_this_step():  # the last step's loss, as one step per batch logs it
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or progress.current.ready == trainer.num_training_batches:
+            self._step_schedulers("epoch", trainer.current_epoch + 1)
+        # the mean loss over the group's samples: what callbacks (NaN guard, curves) read per batch
+        return torch.stack(losses).sum() / targets.shape[0]
+
+    def _step_schedulers(self, interval: str, count: int) -> None:
+        # What Lightning's loop does after a step / at the end of an epoch with automatic optimization.
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval and not config.reduce_on_plateau and count % config.frequency == 0:
+                config.scheduler.step()  # type: ignore[call-arg]
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole fit (the length of the cosine and one-cycle schedules)."""
+        trainer: Any = self.trainer
+        total = trainer.estimated_stepping_batches  # in training batches; sets up the training data
+        if not self.automatic_optimization:  # step groups: each batch holds train_steps_per_batch steps
+            if trainer.max_epochs not in (None, -1):
+                total = (
+                    trainer.num_training_batches
+                    * trainer.datamodule.train_steps_per_batch
+                    * trainer.max_epochs
+                )
+            if trainer.max_steps != -1:
+                total = min(total, trainer.max_steps)
+        return max(int(total), 1)
 
     def build_network(self) -> nn.Module:
         """Return the network that maps images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
@@ -142,6 +229,8 @@ class MNISTClassifier(L.LightningModule):
         and train accuracy is only accumulated here (``update``, no per-batch ``compute``) and logged
         once per epoch in :meth:`on_train_epoch_end`.
         """
+        if not self.automatic_optimization:
+            return self._training_group(batch)
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
@@ -221,18 +310,31 @@ class MNISTClassifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
             interval = "epoch"
         elif hp.scheduler == "cosine":
-            total = int(self.trainer.estimated_stepping_batches)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps())
         else:
-            total = int(self.trainer.estimated_stepping_batches)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=max(total, 1)
+                optimizer, max_lr=hp.lr, total_steps=self._total_steps()
             )
         config: OptimizerLRSchedulerConfig = {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
         return config
+
+
+def count_step_group(trainer: L.Trainer, steps: int) -> None:
+    """Move Lightning's logging step to the last optimizer step of a training batch of ``steps`` steps.
+
+    Lightning counts logging steps (``log_every_n_steps``, the x-axis of logged values) in training
+    batches and adds 1 after each. For a batch that holds a group of ``steps`` optimizer steps this
+    adds the other ``steps - 1`` before the batch, so that every value logged during it (by the
+    module, a learning-rate monitor or any callback) gets the step and the cadence it has with one
+    optimizer step per batch: the group's last step. Called once per batch; a second call changes
+    nothing (the count runs ahead of ``global_step`` only within a group).
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if steps > 1 and loop._batches_that_stepped == trainer.global_step:
+        loop._batches_that_stepped += steps - 1
 
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:

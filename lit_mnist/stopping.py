@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from types import FrameType
 from typing import Any
 
@@ -105,6 +106,19 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_exception=every_n_train_steps is None,
             every_n_train_steps=every_n_train_steps,
         )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if pl_module.automatic_optimization or self._every_n_train_steps < 1:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        # Step groups run with manual optimization, for which Lightning warns that the checkpoint holds
+        # the weights after the optimizer step: here, as with automatic optimization, that is the state
+        # at global_step, the one to resume from.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -611,11 +611,12 @@ def _epoch_timer(device: Any) -> Any:
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             _sync(device)
             self._start = time.perf_counter()
+            self._step = trainer.global_step
 
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             _sync(device)
             self.times.append(time.perf_counter() - self._start)
-            self.batches.append(int(trainer.num_training_batches))
+            self.batches.append(trainer.global_step - self._step)  # optimizer steps (batches of batch_size)
 
     return EpochTimer()
 
@@ -624,7 +625,7 @@ def _timed_epochs(timer: Any, opts: dict[str, Any], n: int, batch_size: int) -> 
     """The timed epochs after the warm-up, checked to have run every batch."""
     batches, samples = _epochs(opts, n, batch_size)
     if timer.batches[1:] != [batches] * opts["repeats"]:
-        raise RuntimeError(f"Lightning ran {timer.batches} batches per epoch, expected {batches}")
+        raise RuntimeError(f"Lightning ran {timer.batches} optimizer steps per epoch, expected {batches}")
     return timer.times[1:], samples, {"warmup_s": timer.times[0]}
 
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
@@ -234,13 +233,20 @@ def test_nan_loss_stops_and_keeps_the_checkpoints(
 ) -> None:
     """The loss turns NaN in epoch 2 (step 40): the run stops there; checkpoints keep epoch 1's weights."""
     assert train_main([*run_args, "--log-dir", str(tmp_path / "good")]) == 0  # 2 good epochs
-    step = MNISTClassifier.training_step
+    forward = torch.nn.CrossEntropyLoss.forward
+    losses = 0
 
-    def diverging_step(self: MNISTClassifier, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = step(self, batch, batch_idx)
-        return loss * float("nan") if self.global_step >= 40 else loss
+    def diverging_loss(
+        self: torch.nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        nonlocal losses
+        loss = forward(self, logits, y)
+        if not torch.is_grad_enabled():  # validation
+            return loss
+        losses += 1
+        return loss * float("nan") if losses > 40 else loss
 
-    monkeypatch.setattr(MNISTClassifier, "training_step", diverging_step)
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", diverging_loss)
     capsys.readouterr()
     assert train_main([*run_args, "--max-epochs", "4", "--log-dir", str(tmp_path / "nan")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
