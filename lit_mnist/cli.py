@@ -43,6 +43,7 @@ from lit_mnist.callbacks import (
 )
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
+from lit_mnist.loader import LoaderStateError
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossError, NonFiniteLossGuard
 
@@ -568,6 +569,14 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                 ) from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
+            except LoaderStateError as err:
+                raise UsageError(
+                    f"--ckpt-path {ckpt_path} was written in the middle of an epoch, and its position in the "
+                    f"epoch does not fit this run's batches ({err}); resume it with the flags it was started "
+                    "with (--batch-size, --steps-per-batch, --val-size, --devices, and --log-every-n-steps, "
+                    "--max-steps, --ckpt-every-n-steps, which set the group size), or from a checkpoint "
+                    "written at the end of an epoch"
+                ) from None
             except OSError as err:  # disk full, folder removed, ...: the written checkpoints stay intact
                 raise RunError(
                     f"{err} (training stopped in epoch {trainer.current_epoch}; checkpoints written before "

@@ -51,10 +51,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["InMemoryBatchLoader"]
+__all__ = ["InMemoryBatchLoader", "LoaderStateError"]
 
 _SEED_MULTIPLIER = 1_000_003
 _STATE_VERSION = 1
+
+
+class LoaderStateError(ValueError):
+    """A saved position belongs to a loader with other settings (its batches would be other samples)."""
 
 
 def _generator_seed(seed: int, epoch: int) -> int:
@@ -352,8 +356,9 @@ class InMemoryBatchLoader:
             state: A dict returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: If ``state`` is malformed or was saved by a loader with a different split size,
-                batch size, shuffling, ``drop_last`` or sharding (its positions would mean other samples).
+            ValueError: If ``state`` is malformed.
+            LoaderStateError: (a ``ValueError``) If ``state`` was saved by a loader with a different split
+                size, batch size, shuffling, ``drop_last`` or sharding (its positions would mean other samples).
         """
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict from InMemoryBatchLoader.state_dict(), got {type(state)}")
@@ -374,7 +379,7 @@ class InMemoryBatchLoader:
             if key not in state:
                 raise ValueError(f"state is missing {key!r}")
             if state[key] != value:
-                raise ValueError(
+                raise LoaderStateError(
                     f"state was saved with {key}={state[key]!r} but this loader has {key}={value!r};"
                     " resuming mid-epoch needs the same split and loader settings"
                 )

@@ -149,6 +149,24 @@ class MNISTClassifier(L.LightningModule):
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = value
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Carry the optimizer step count across a change between step groups and one step per batch.
+
+        Lightning keeps ``global_step`` in the progress of the optimization loop in use (automatic or
+        manual), so a run resumed in the other mode (``--steps-per-batch 1``, clipping, ...) would
+        restart its step count at 0. The count is copied to the loop this fit uses (in place: Lightning
+        restores the loops from this dict afterwards).
+        """
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        automatic = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+        manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if not automatic.get("step") or not manual or self._trainer is None:
+            return
+        source, target = (automatic["step"], manual) if not self.automatic_optimization else (manual, automatic["step"])
+        if target["total"]["completed"] == 0 and source["total"]["completed"] > 0:
+            for part in ("total", "current"):
+                target[part] = {"ready": source[part]["completed"], "completed": source[part]["completed"]}
+
     def _training_group(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The optimizer steps of a group of batches, in order: what one step per batch would do.
 

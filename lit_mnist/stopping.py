@@ -94,8 +94,12 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
     same step, so it can lag behind; this one always follows the latest epoch. On an exception it
-    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights).
+    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights) and
+    before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
+    file on disk is still the latest state, and must not be replaced by a half-restored one).
     """
+
+    _training_started = False
 
     def __init__(self, every_n_train_steps: int | None = None) -> None:
         super().__init__(
@@ -120,8 +124,16 @@ class LastCheckpoint(ModelCheckpoint):
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._training_started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._training_started = True
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, NonFiniteLossError):
+        if self._training_started and not isinstance(exception, NonFiniteLossError):
             super().on_exception(trainer, pl_module, exception)

@@ -200,3 +200,43 @@ def test_two_process_ddp_groups_equal_one_step_per_batch(run_args: list[str], tm
         weights[steps] = checkpoint["state_dict"]
     for name, value in weights["1"].items():
         assert torch.equal(value, weights["10"][name]), name
+
+
+@pytest.mark.parametrize(("first", "then"), [("10", "1"), ("1", "10")])
+def test_resume_with_another_group_size_at_an_epoch_end(
+    first: str, then: str, run_args: list[str], tmp_path: Path
+) -> None:
+    args = [*run_args, "--batch-size", "25", "--log-every-n-steps", "10"]
+    straight = [*args, "--max-epochs", "2", "--log-dir", str(tmp_path / "straight")]
+    assert train_main([*straight, "--steps-per-batch", then]) == 0
+    split = [*args, "--log-dir", str(tmp_path / "split")]
+    assert train_main([*split, "--max-epochs", "1", "--steps-per-batch", first]) == 0
+    assert train_main([*split, "--max-epochs", "2", "--steps-per-batch", then, "--ckpt-path", "last"]) == 0
+    a, b = (torch.load(tmp_path / n / "version_0/checkpoints/last.ckpt", weights_only=True) for n in ("straight", "split"))
+    assert a["global_step"] == b["global_step"] == 40  # the step count carried across the change
+    assert b["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 40
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+
+
+def test_mid_epoch_resume_with_another_group_size_is_refused_and_keeps_the_checkpoint(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*run_args, "--batch-size", "25", "--log-every-n-steps", "10", "--max-epochs", "3"]
+    args += ["--ckpt-every-n-steps", "10"]
+    assert train_main([*args, "--max-steps", "30"]) == 0  # stops in epoch 1
+    last = tmp_path / "logs/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 30
+    before = last.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*args, "--max-steps", "60", "--steps-per-batch", "1", "--ckpt-path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "was written in the middle of an epoch" in err[0]
+    assert "batch_size=250 but this loader has batch_size=25" in err[0]
+    assert "resume it with the flags it was started with" in err[0]
+    assert last.read_bytes() == before  # not replaced by a half-restored state
+    assert train_main([*args, "--max-steps", "60", "--ckpt-path", "last"]) == 0  # the same flags resume
+    assert torch.load(last, weights_only=True)["global_step"] > 30
