@@ -129,6 +129,13 @@ class MNISTClassifier(L.LightningModule):
         """
         return type(self).training_step is MNISTClassifier.training_step and self._automatic_optimization
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Like Lightning's own `_trainer`: a pickled or deep-copied module holds no trainer.
+        state = super().__getstate__()
+        state.pop("_groups_for", None)
+        state.pop("_groups", None)
+        return state
+
     @property
     def automatic_optimization(self) -> bool:
         """False while fitting with step groups: the datamodule's training batches hold

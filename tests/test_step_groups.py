@@ -4,6 +4,7 @@ The tiny dataset has 500 training images; at batch 25 that is 20 steps per epoch
 ``log_every_n_steps=10`` the default ``steps_per_batch=10`` stays 10: 2 Lightning batches per epoch.
 """
 
+import copy
 import os
 import signal
 import subprocess
@@ -86,6 +87,8 @@ def test_groups_train_and_log_exactly_like_one_step_per_batch(
     assert t1.global_step == tg.global_step == 40
     _assert_same_parameters(one, grouped)
     assert t1.optimizers[0].param_groups[0]["lr"] == tg.optimizers[0].param_groups[0]["lr"]
+    clone = copy.deepcopy(grouped)  # e.g. a weight-averaging callback: no trainer comes along
+    assert clone._trainer is None and clone._groups_for is None and clone.automatic_optimization
 
     s1, sg = _scalars(tmp_path / "one"), _scalars(tmp_path / "grouped")
     assert s1.keys() == sg.keys()
