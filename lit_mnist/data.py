@@ -325,7 +325,10 @@ class MNISTDataModule(L.LightningDataModule):
         call ``super()``; if it does not, the module counts the steps itself, after the callbacks.
         """
         trainer = self.trainer
-        if trainer is not None and trainer.training and self.train_steps_per_batch > 1:
+        # A training batch is (images, labels); Lightning's model summary also passes the module's
+        # example input through this hook, at the start of fit.
+        is_batch = isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor)
+        if is_batch and trainer is not None and trainer.training and self.train_steps_per_batch > 1:
             from lit_mnist.module import count_step_group
 
             count_step_group(trainer, math.ceil(int(batch[1].shape[0]) / self.batch_size))

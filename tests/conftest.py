@@ -77,4 +77,4 @@ def real_data_dir() -> Path:
     """The real MNIST root from ``$LIT_MNIST_DATA_DIR``; skips the test when it is not set."""
     if not REAL_DATA or not (Path(REAL_DATA) / "MNIST" / "raw").is_dir():
         pytest.skip(f"set {DATA_DIR_ENV} to a folder holding MNIST/raw to run the real-data tests")
-    return Path(REAL_DATA)
+    return Path(REAL_DATA).resolve()  # absolute: some tests run train.py in another working folder

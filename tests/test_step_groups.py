@@ -46,9 +46,8 @@ def _fit(
         log_every_n_steps=10,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        enable_model_summary=False,
         logger=False,
-    )
+    )  # the model summary stays on: it passes the example input through the batch hooks
     if log_dir is not None:
         kwargs["logger"] = TensorBoardLogger(str(log_dir), name="", version=0, default_hp_metric=False)
         kwargs["callbacks"] = [LearningRateMonitor()]
