@@ -187,16 +187,19 @@ class MNISTClassifier(L.LightningModule):
         # normally done by MNISTDataModule.on_before_batch_transfer, before the callbacks see the batch
         count_step_group(trainer, math.ceil(targets.shape[0] / size))
         optimizer: Any = self.optimizers()
-        losses = []
+        losses, predictions = [], []
         for x, y in zip(images.split(size), targets.split(size), strict=True):
             logits = self(x)
             loss = self.criterion(logits, y)
-            self.train_acc.update(logits.detach(), y)
+            predictions.append(logits.detach().argmax(dim=-1))
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
             self._step_schedulers("step", trainer.global_step)
             losses.append(loss.detach() * y.shape[0])
+        # one metric update per group (torchmetrics' update costs ~0.15 ms on a CPU, a tenth of a step):
+        # the same count of correct top-1 predictions as an update per step
+        self.train_acc.update(torch.cat(predictions), targets)
         if self._logs_this_step():  # the last step's loss, as one step per batch logs it
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         progress = trainer.fit_loop.epoch_loop.batch_progress
