@@ -34,11 +34,14 @@ def _fit(
     steps_per_batch: int,
     hparams: dict[str, Any] | None = None,
     cls: type[MNISTClassifier] = MNISTClassifier,
+    datamodule_kwargs: dict[str, Any] | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[MNISTClassifier, MNISTDataModule, L.Trainer]:
     L.seed_everything(3, verbose=False)
     model = cls(**(hparams or {}))
-    datamodule = MNISTDataModule(str(data), batch_size=25, val_size=100, steps_per_batch=steps_per_batch)
+    datamodule = MNISTDataModule(
+        str(data), batch_size=25, val_size=100, steps_per_batch=steps_per_batch, **(datamodule_kwargs or {})
+    )
     kwargs: dict[str, Any] = dict(
         max_epochs=2,
         accelerator="cpu",
@@ -111,20 +114,7 @@ def test_groups_train_and_log_exactly_like_one_step_per_batch(
 def test_one_step_per_batch_where_lightning_counts_batches(
     datamodule_kwargs: dict[str, Any], trainer_kwargs: dict[str, Any], tiny_data: Path
 ) -> None:
-    L.seed_everything(3, verbose=False)
-    model = MNISTClassifier()
-    datamodule = MNISTDataModule(str(tiny_data), batch_size=25, val_size=100, **datamodule_kwargs)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        log_every_n_steps=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_kwargs,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    model, datamodule, _ = _fit(tiny_data, None, 10, datamodule_kwargs=datamodule_kwargs, **trainer_kwargs)
     assert model.automatic_optimization
     assert datamodule.train_steps_per_batch == 1
 
