@@ -130,6 +130,53 @@ def test_a_module_with_its_own_training_step_gets_one_step_per_batch(tiny_data: 
     assert trainer.global_step == 40
 
 
+class _GradientNorms(L.Callback):
+    """Reads the gradients at every optimizer step, as a gradient-norm monitor does."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {"on_before_backward": 0, "on_after_backward": 0}
+        self.norms: list[float] = []
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        self.calls["on_before_backward"] += 1
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.calls["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for p in pl_module.parameters()]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_step_hooks_run_at_every_step_of_a_group(tiny_data: Path) -> None:
+    one_hooks, grouped_hooks = _GradientNorms(), _GradientNorms()
+    one, _, _ = _fit(tiny_data, None, 1, callbacks=[one_hooks])
+    grouped, dm, trainer = _fit(tiny_data, None, 10, callbacks=[grouped_hooks])
+    assert dm.train_steps_per_batch == 10 and trainer.global_step == 40
+    assert grouped_hooks.calls == one_hooks.calls == {"on_before_backward": 40, "on_after_backward": 40}
+    assert grouped_hooks.norms == one_hooks.norms and len(one_hooks.norms) == 40
+    _assert_same_parameters(one, grouped)
+
+
+def test_groups_skip_lightnings_per_step_calls_when_no_hook_listens(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing in the step hooks, a step is backward, the optimizer step and the step count."""
+    calls = {"backward": 0}
+    backward = L.pytorch.strategies.SingleDeviceStrategy.backward
+
+    def counting_backward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["backward"] += 1
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "backward", counting_backward)
+    one, _, _ = _fit(tiny_data, None, 1)
+    assert calls["backward"] == 40  # Lightning's automatic optimization, one per step
+    grouped, _, tg = _fit(tiny_data, None, 10)
+    assert calls["backward"] == 40 and tg.global_step == 40  # no call more: the groups' lean path
+    _assert_same_parameters(one, grouped)
+
+
 @pytest.mark.parametrize(
     ("trainer_kwargs", "groups", "steps"),
     [
