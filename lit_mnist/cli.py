@@ -560,7 +560,9 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
                 # A run stopped after an epoch's last training batch resumes without that epoch's
                 # validation (Lightning skips it): no val/acc for that epoch is expected, not a bug.
-                warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor='val/acc'\)` could not find")
+                warnings.filterwarnings(
+                    "ignore", message=r"`ModelCheckpoint\(monitor='val/acc'\)` could not find"
+                )
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
@@ -632,13 +634,21 @@ def _out_of_memory_message(err: BaseException, cfg: Namespace, trainer: L.Traine
     """One line for a device out-of-memory error: where it happened and what to change."""
     what = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
     smaller = max(cfg.batch_size // 2, 1)
-    stage = "testing" if trainer.testing else f"training (epoch {trainer.current_epoch}, step {trainer.global_step})"
+    stage = (
+        "testing"
+        if trainer.testing
+        else f"training (epoch {trainer.current_epoch}, step {trainer.global_step})"
+    )
     hints = [f"pass a smaller --batch-size (e.g. {smaller}; it is per device)"]
     if cfg.precision in ("32-true", "32", "64-true", "64"):
         hints.append("--precision bf16-mixed or 16-mixed to halve the activations")
     if cfg.loader == "memory":
         hints.append("--loader torchvision to keep the dataset in host memory instead of on the device")
-    kept = f"; checkpoints written before are in {run_dir / 'checkpoints'}" if (run_dir / "checkpoints").is_dir() else ""
+    kept = (
+        f"; checkpoints written before are in {run_dir / 'checkpoints'}"
+        if (run_dir / "checkpoints").is_dir()
+        else ""
+    )
     return f"out of memory on {trainer.strategy.root_device} during {stage} at --batch-size {cfg.batch_size}: {what}. Try: {'; '.join(hints)}{kept}"
 
 

@@ -169,7 +169,9 @@ class MNISTClassifier(L.LightningModule):
         manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
         if not automatic.get("step") or not manual or self._trainer is None:
             return
-        source, target = (automatic["step"], manual) if not self.automatic_optimization else (manual, automatic["step"])
+        source, target = (
+            (automatic["step"], manual) if not self.automatic_optimization else (manual, automatic["step"])
+        )
         if target["total"]["completed"] == 0 and source["total"]["completed"] > 0:
             for part in ("total", "current"):
                 target[part] = {"ready": source[part]["completed"], "completed": source[part]["completed"]}
@@ -187,7 +189,9 @@ class MNISTClassifier(L.LightningModule):
         # normally done by MNISTDataModule.on_before_batch_transfer, before the callbacks see the batch
         count_step_group(trainer, math.ceil(targets.shape[0] / size))
         optimizer: Any = self.optimizers()
-        per_step = [c for c in trainer.lr_scheduler_configs if c.interval == "step" and not c.reduce_on_plateau]
+        per_step = [
+            c for c in trainer.lr_scheduler_configs if c.interval == "step" and not c.reduce_on_plateau
+        ]
         progress = _plain_step_progress(trainer, self)
         losses, outputs = [], []
         for x, y in zip(images.split(size), targets.split(size), strict=True):
@@ -213,7 +217,9 @@ class MNISTClassifier(L.LightningModule):
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         progress = trainer.fit_loop.epoch_loop.batch_progress
         if progress.is_last_batch or progress.current.ready == trainer.num_training_batches:
-            per_epoch = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch" and not c.reduce_on_plateau]
+            per_epoch = [
+                c for c in trainer.lr_scheduler_configs if c.interval == "epoch" and not c.reduce_on_plateau
+            ]
             _step_schedulers(per_epoch, trainer.current_epoch + 1)
         # the mean loss over the group's samples: what callbacks (NaN guard, curves) read per batch
         # (every step has `size` samples but perhaps the last; no host-to-device copy for the weights)

@@ -49,7 +49,9 @@ trainer.test(model, datamodule=datamodule)
 
 
 def test_example_is_the_readme_block() -> None:
-    assert f"```python\n{EXAMPLE}```" in README.read_text(), "README's Extending example changed: copy it here"
+    assert f"```python\n{EXAMPLE}```" in README.read_text(), (
+        "README's Extending example changed: copy it here"
+    )
 
 
 def test_example_trains_with_fast_dev_run(

@@ -103,7 +103,10 @@ def test_evaluate_takes_data_dir_and_batch_size(trained: Run, capsys: pytest.Cap
 
 def test_cnn_trains_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_tiny_mnist(tmp_path / "data")
-    assert train_main([*shrunk_args(data, tmp_path / "dev", max_epochs=1), "--model", "cnn", "--fast-dev-run"]) == 0
+    assert (
+        train_main([*shrunk_args(data, tmp_path / "dev", max_epochs=1), "--model", "cnn", "--fast-dev-run"])
+        == 0
+    )
     run = _train(data, tmp_path / "logs", "--model", "cnn", "--limit-train-batches", "6")
     assert load_checkpoint(run.ckpt).model.hparams["model"] == "cnn"
     capsys.readouterr()

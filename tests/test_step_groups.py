@@ -143,7 +143,9 @@ class _GradientNorms(L.Callback):
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.calls["on_after_backward"] += 1
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         grads = [p.grad for p in pl_module.parameters()]
         self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
@@ -251,7 +253,10 @@ def test_resume_with_another_group_size_at_an_epoch_end(
     split = [*args, "--log-dir", str(tmp_path / "split")]
     assert train_main([*split, "--max-epochs", "1", "--steps-per-batch", first]) == 0
     assert train_main([*split, "--max-epochs", "2", "--steps-per-batch", then, "--ckpt-path", "last"]) == 0
-    a, b = (torch.load(tmp_path / n / "version_0/checkpoints/last.ckpt", weights_only=True) for n in ("straight", "split"))
+    a, b = (
+        torch.load(tmp_path / n / "version_0/checkpoints/last.ckpt", weights_only=True)
+        for n in ("straight", "split")
+    )
     assert a["global_step"] == b["global_step"] == 40  # the step count carried across the change
     assert b["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 40
     for name, value in a["state_dict"].items():
