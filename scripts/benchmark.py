@@ -67,12 +67,11 @@ import json
 import math
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any
 
@@ -164,21 +163,17 @@ def main(args: argparse.Namespace) -> int:
     rounds: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     for index in range(args.rounds):
-        results: dict[str, Any] = {}
-        for case in cases:
-            where = f"round {index + 1} of {args.rounds}: " if args.rounds > 1 else ""
-            print(
-                f"running {where}({case}) {CASES[case][0]}, batch {CASES[case][1]} ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                results[case] = _in_fresh_process(case, opts)
-            except Exception as err:
-                detail = " ".join(str(err).split()) or type(err).__name__
-                print(f"{prog}: error: case ({case}) failed: {detail}", file=sys.stderr)
-                return 1
-        rounds.append(results)
+        where = f"round {index + 1} of {args.rounds}: " if args.rounds > 1 else ""
+        print(
+            f"running {where}cases {','.join(cases)}, one process each, epochs in turn ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            rounds.append(_run_round(cases, opts))
+        except CaseError as err:
+            print(f"{prog}: error: case ({err.case}) failed: {err.detail}", file=sys.stderr)
+            return 1
     report = _report(rounds, args, cases)
     report["machine"]["loadavg_1_5_15_before"] = load_before
     report["machine"]["loadavg_1_5_15_after"] = os.getloadavg()
@@ -222,29 +217,114 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return sorted(dict.fromkeys(cases))
 
 
-def _in_fresh_process(case: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Run one case in a new spawned process, so that its peak RSS is its own."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+class CaseError(Exception):
+    """A case's process raised or died; ``detail`` is one line."""
+
+    def __init__(self, case: str, detail: str) -> None:
+        super().__init__(f"({case}) {detail}")
+        self.case, self.detail = case, detail
+
+
+def _run_round(cases: list[str], opts: dict[str, Any]) -> dict[str, Any]:
+    """One process per case (spawned, so that its peak RSS is its own); their epochs run one at a time, in turn.
+
+    Every process sets its case up, then waits. The parent lets one case run one epoch, waits until
+    that process is waiting again (so the work a Trainer does between epochs is not left running
+    beside the next case's epoch), then lets the next case run: epoch ``i`` of every case runs in
+    cycle ``i``, in the order of ``cases`` in even cycles and the reverse in odd ones, so the two
+    sides of a ratio are timed seconds apart and a linear drift of the machine's speed cancels.
+    """
+    ctx = get_context("spawn")
+    reports: Any = ctx.Queue()
+    gates = {case: ctx.Queue() for case in cases}
+    procs = {
+        case: ctx.Process(target=_case_process, args=(case, opts, gates[case], reports), daemon=True)
+        for case in cases
+    }
+    results: dict[str, Any] = {}
+    try:
+        for proc in procs.values():
+            proc.start()
+        waiting = set(cases)
+        while waiting:  # every case set up and at its first epoch
+            kind, case, payload = _next_report(reports, procs, waiting)
+            _raise_on_error(kind, case, payload)
+            waiting.discard(case)
+        for cycle in range(1 + opts["repeats"]):
+            for case in cases if cycle % 2 == 0 else cases[::-1]:
+                gates[case].put(cycle)
+                kind, sender, payload = _next_report(reports, procs, {case})
+                _raise_on_error(kind, sender, payload)
+                if kind == "done":
+                    results[case] = payload
+        missing = [case for case in cases if case not in results]
+        if missing:
+            raise CaseError(missing[0], f"ran more or fewer epochs than 1 + {opts['repeats']}")
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=10)
+    return results
+
+
+def _next_report(reports: Any, procs: dict[str, Any], expected: set[str]) -> tuple[str, str, Any]:
+    """The next (kind, case, payload) a case process sends; a CaseError if one of ``expected`` died."""
+    while True:
         try:
-            return pool.submit(_run_case, case, opts).result()
-        except BrokenProcessPool:
-            raise RuntimeError("its process died (out of memory?)") from None
+            return reports.get(timeout=1.0)
+        except queue.Empty:
+            for case in expected:
+                if not procs[case].is_alive():
+                    code = procs[case].exitcode
+                    raise CaseError(case, f"its process died (exit status {code}; out of memory?)") from None
 
 
-def _round_ratios(results: dict[str, Any]) -> dict[str, float]:
-    """The ratios of one round of cases."""
-    sec = {c: r["median_s"] for c, r in results.items()}
+def _raise_on_error(kind: str, case: str, payload: Any) -> None:
+    if kind == "error":
+        raise CaseError(case, payload)
+
+
+def _case_process(case: str, opts: dict[str, Any], gate: Any, reports: Any) -> None:
+    """A case's process: ``("ready", case, None)`` whenever it waits for the parent's go, then
+    ``("done", case, result)`` at the end, or ``("error", case, one line)``."""
+
+    turns: list[list[float]] = []  # wall-clock [start, end] of each turn: from the go to the next report
+
+    def wait_turn() -> None:
+        if turns:
+            turns[-1].append(time.time())
+        reports.put(("ready", case, None))
+        gate.get()
+        turns.append([time.time()])
+
+    try:
+        result = _run_case(case, opts, wait_turn)
+    except Exception as err:  # reported to the parent, which prints it as one line
+        reports.put(("error", case, " ".join(str(err).split()) or type(err).__name__))
+        return
+    turns[-1].append(time.time())
+    reports.put(("done", case, {**result, "turns": turns}))
+
+
+def _pairs(results: dict[str, Any]) -> dict[str, list[float]]:
+    """The ratios of one round, one value per timed epoch: the two sides ran in the same cycle."""
+
+    def paired(top: str, bottom: str) -> list[float]:
+        return [t / b for t, b in zip(results[top]["epoch_s"], results[bottom]["epoch_s"], strict=True)]
+
     values = {}
-    if "b" in sec and "c" in sec:
-        values["c/b"] = sec["c"] / sec["b"]
-    if "a" in sec and "c" in sec:
-        values["a/c"] = sec["a"] / sec["c"]
-    if "d" in sec:
-        values["d/floor"] = sec["d"] / results["d"]["floor"]["floor_s"]
     if "b" in results and "c" in results:
-        values["rss c/b"] = results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]
-    if "e" in sec and "f" in sec:
-        values["f/e"] = sec["f"] / sec["e"]
+        values["c/b"] = paired("c", "b")
+    if "a" in results and "c" in results:
+        values["a/c"] = paired("a", "c")
+    if "d" in results:
+        floors = results["d"]["floor"]["epoch_floor_s"]
+        values["d/floor"] = [d / f for d, f in zip(results["d"]["epoch_s"], floors, strict=True)]
+    if "b" in results and "c" in results:
+        values["rss c/b"] = [results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]]
+    if "e" in results and "f" in results:
+        values["f/e"] = paired("f", "e")
     return values
 
 
@@ -259,13 +339,15 @@ def _pooled(per_round: list[dict[str, Any]]) -> dict[str, Any]:
         "samples_per_s": per_round[0]["samples_per_epoch"] / median,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in per_round),
         "round_median_s": [r["median_s"] for r in per_round],
+        "turns": [turn for r in per_round for turn in r["turns"]],
     }
     if "floor" in per_round[0]:
         floors = [r["floor"] for r in per_round]
         result["floor"] = {
             **floors[0],
-            "floor_s": statistics.median(f["floor_s"] for f in floors),
-            "gemm_gflops": statistics.median(f["gemm_gflops"] for f in floors),
+            "epoch_floor_s": [t for f in floors for t in f["epoch_floor_s"]],
+            "floor_s": statistics.median(t for f in floors for t in f["epoch_floor_s"]),
+            "gemm_gflops": statistics.median(g for f in floors for g in f["epoch_gemm_gflops"]),
             "square_gflops": statistics.median(f["square_gflops"] for f in floors),
             "round_floor_s": [f["floor_s"] for f in floors],
         }
@@ -275,19 +357,22 @@ def _pooled(per_round: list[dict[str, Any]]) -> dict[str, Any]:
 def _report(rounds: list[dict[str, Any]], args: argparse.Namespace, cases: list[str]) -> dict[str, Any]:
     """All numbers: machine, settings, cases (pooled over rounds), floor, and the ratios with their targets.
 
-    Each ratio is the median of its values in the rounds (one value per round of a, b, c, d).
+    A ratio of seconds is the median of its paired values: one per timed epoch of every round, the
+    two sides from the same cycle (see ``_run_round``); the peak-memory ratio is one value per round.
     """
-    per_round = [_round_ratios(results) for results in rounds]
+    per_round = [_pairs(results) for results in rounds]
     ratios: dict[str, Any] = {}
     for name in per_round[0]:
         op, target = TARGETS[name]
-        value = statistics.median(r[name] for r in per_round)
+        values = [v for r in per_round for v in r[name]]
+        value = statistics.median(values)
         met = value <= target if op == "<=" else value >= target
         ratios[name] = {
             "value": value,
             "target": f"{op} {target:g}",
             "met": met,
-            "rounds": [r[name] for r in per_round],
+            "pairs": values,
+            "rounds": [statistics.median(r[name]) for r in per_round],
         }
     results = {case: _pooled([r[case] for r in rounds]) for case in rounds[0]}
     first = next(iter(results.values()))
@@ -312,6 +397,8 @@ def _report(rounds: list[dict[str, Any]], args: argparse.Namespace, cases: list[
             "limit_batches": args.limit_batches,
             "cases": cases,
             "statistic": "median",
+            "schedule": "one process per case; epoch i of every case in cycle i, one case at a time "
+            "(cases in order in even cycles, reversed in odd ones)",
         },
         "cases": results,
         "ratios": ratios,
@@ -323,7 +410,8 @@ def _print_table(report: dict[str, Any]) -> None:
     settings = report["settings"]
     rounds = f" in each of {settings['rounds']} rounds" if settings["rounds"] > 1 else ""
     print(
-        f"\nOne training epoch, median of {settings['repeats']} after 1 warm-up{rounds}; device "
+        f"\nOne training epoch, median of {settings['repeats']} after 1 warm-up{rounds}, the cases' epochs "
+        f"in turn; device "
         f"{machine['device_name']}, {machine['threads']} torch threads, torch {machine['torch']}; "
         f"load average {machine['loadavg_1_5_15_before'][0]:.2f} before, {machine['loadavg_1_5_15_after'][0]:.2f} after"
     )
@@ -349,19 +437,16 @@ def _print_table(report: dict[str, Any]) -> None:
             f"(square {fl['square_n']} mm: {fl['square_gflops']:.1f} GFLOP/s)"
         )
     if report["ratios"]:
-        several = settings["rounds"] > 1
-        print(
-            f"\n{'ratio':<10}{'value':>8}  {'target':<9}met"
-            + ("  (median of the rounds: each round)" if several else "")
-        )
+        print(f"\n{'ratio':<10}{'value':>8}  {'target':<9}met  (median of the paired epochs: each pair)")
         for name, r in report["ratios"].items():
-            each = "  " + " ".join(f"{v:.2f}" for v in r["rounds"]) if several else ""
-            print(f"{name:<10}{r['value']:>8.2f}  {r['target']:<9}{'yes' if r['met'] else 'NO ':<3}{each}")
+            each = " ".join(f"{v:.2f}" for v in r["pairs"])
+            print(f"{name:<10}{r['value']:>8.2f}  {r['target']:<9}{'yes' if r['met'] else 'NO ':<3}  {each}")
 
 
 # --------------------------------------------------------------------------- child side (one case)
-def _run_case(case: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a fresh process: set up the case, time its epochs, read the peak memory."""
+def _run_case(case: str, opts: dict[str, Any], wait_turn: Any) -> dict[str, Any]:
+    """Runs in the case's own process: set up the case, time its epochs (each after ``wait_turn()``),
+    read the peak memory."""
     import warnings
 
     import torch
@@ -382,7 +467,13 @@ def _run_case(case: str, opts: dict[str, Any]) -> dict[str, Any]:
         "e": functools.partial(_case_lightning, validate=True),
         "f": _case_full_run,
     }[case]
-    times, samples, extra = runner(opts, torch.device(device), batch_size)
+    gemm_step_s: list[float] = []
+
+    def measure_gemms() -> None:  # the floor's GEMM rate, measured after each epoch of (d), outside its clock
+        gemm_step_s.append(_gemm_step_s(torch.device(device)))
+
+    after_epoch = measure_gemms if case == "d" else None
+    times, samples, extra = runner(opts, torch.device(device), batch_size, wait_turn, after_epoch)
     median = statistics.median(times)
     result = {
         "what": what,
@@ -400,7 +491,7 @@ def _run_case(case: str, opts: dict[str, Any]) -> dict[str, Any]:
         **extra,
     }
     if case == "d":
-        result["floor"] = _floor(torch.device(device), samples)
+        result["floor"] = _floor(torch.device(device), samples, gemm_step_s[1:])
     return result
 
 
@@ -453,20 +544,22 @@ def _classic_recipe(device: Any) -> tuple[Any, Any, Any]:
     return model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def _time_epochs(run_epoch: Any, repeats: int, device: Any) -> list[float]:
-    """One warm-up epoch, then ``repeats`` timed ones (synchronised on a GPU)."""
-    run_epoch()
+def _time_epochs(run_epoch: Any, repeats: int, device: Any, wait_turn: Any) -> list[float]:
+    """One warm-up epoch, then ``repeats`` timed ones (synchronised on a GPU), each on its turn."""
     times = []
-    for _ in range(repeats):
+    for _ in range(1 + repeats):
+        wait_turn()
         _sync(device)
         start = time.perf_counter()
         run_epoch()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times
+    return times[1:]
 
 
-def _case_classic(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+def _case_classic(
+    opts: dict[str, Any], device: Any, batch_size: int, wait_turn: Any, after_epoch: Any = None
+) -> tuple[list[float], int, dict]:
     """(a): torchvision dataset with per-sample transforms, ``DataLoader``, the plain loop."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
@@ -489,10 +582,12 @@ def _case_classic(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[l
             loss.backward()
             optimizer.step()
 
-    return _time_epochs(run_epoch, opts["repeats"], device), samples, {}
+    return _time_epochs(run_epoch, opts["repeats"], device, wait_turn), samples, {}
 
 
-def _case_memory(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+def _case_memory(
+    opts: dict[str, Any], device: Any, batch_size: int, wait_turn: Any, after_epoch: Any = None
+) -> tuple[list[float], int, dict]:
     """(b): the train split normalised once into one tensor on ``device``; randperm index slices."""
     import torch
     from torchvision import datasets
@@ -517,11 +612,16 @@ def _case_memory(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[li
             loss.backward()
             optimizer.step()
 
-    return _time_epochs(run_epoch, opts["repeats"], device), samples, {}
+    return _time_epochs(run_epoch, opts["repeats"], device, wait_turn), samples, {}
 
 
 def _case_lightning(
-    opts: dict[str, Any], device: Any, batch_size: int, validate: bool = False
+    opts: dict[str, Any],
+    device: Any,
+    batch_size: int,
+    wait_turn: Any,
+    after_epoch: Any = None,
+    validate: bool = False,
 ) -> tuple[list[float], int, dict]:
     """(c), (d), (e): ``Trainer.fit`` of lit_mnist's module and datamodule, timed by a Callback."""
     import inspect
@@ -543,7 +643,7 @@ def _case_lightning(
     datamodule = MNISTDataModule(
         opts["data_dir"], batch_size=batch_size, val_size=opts["val_size"], loader="memory", download=False
     )
-    timer = _epoch_timer(device)
+    timer = _epoch_timer(device, wait_turn, after_epoch)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -561,7 +661,9 @@ def _case_lightning(
     return _timed_epochs(timer, opts, len(datamodule.split("train")[1]), batch_size)
 
 
-def _case_full_run(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[list[float], int, dict]:
+def _case_full_run(
+    opts: dict[str, Any], device: Any, batch_size: int, wait_turn: Any, after_epoch: Any = None
+) -> tuple[list[float], int, dict]:
     """(f): the Trainer that ``scripts/train.py`` builds (``lit_mnist.cli.build_trainer``) from its default
     flags -- TensorBoard logger, monitoring callbacks (LR monitor, speed, prediction images, confusion
     matrix, curves), NaN guard, signal handling, best and last checkpoints -- in a temporary log folder."""
@@ -590,16 +692,17 @@ def _case_full_run(opts: dict[str, Any], device: Any, batch_size: int) -> tuple[
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule)
         trainer = build_trainer(cfg, version=0)
-        timer = _epoch_timer(device)
+        timer = _epoch_timer(device, wait_turn, after_epoch)
         callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at init
         callbacks.append(timer)  # after the checkpoints: the epoch's saves are inside the clock
         trainer.fit(model, datamodule=datamodule)
     return _timed_epochs(timer, opts, len(datamodule.split("train")[1]), batch_size)
 
 
-def _epoch_timer(device: Any) -> Any:
-    """A Callback that reads the clock at the start and end of every training epoch (synchronised on a
-    GPU). Lightning runs an epoch's validation, and the checkpoints saved after it, before
+def _epoch_timer(device: Any, wait_turn: Any, after_epoch: Any = None) -> Any:
+    """A Callback that waits for the case's turn at the start of every training epoch, then reads the
+    clock at its start and end (synchronised on a GPU), then runs ``after_epoch`` (outside the clock).
+    Lightning runs an epoch's validation, and the checkpoints saved after it, before
     ``on_train_epoch_end``: with validation on, they are inside the clock."""
     import lightning as L
 
@@ -609,6 +712,7 @@ def _epoch_timer(device: Any) -> Any:
             self.batches: list[int] = []
 
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            wait_turn()
             _sync(device)
             self._start = time.perf_counter()
             self._step = trainer.global_step
@@ -617,6 +721,8 @@ def _epoch_timer(device: Any) -> Any:
             _sync(device)
             self.times.append(time.perf_counter() - self._start)
             self.batches.append(trainer.global_step - self._step)  # optimizer steps (batches of batch_size)
+            if after_epoch is not None:
+                after_epoch()
 
     return EpochTimer()
 
@@ -629,14 +735,11 @@ def _timed_epochs(timer: Any, opts: dict[str, Any], n: int, batch_size: int) -> 
     return timer.times[1:], samples, {"warmup_s": timer.times[0]}
 
 
-def _floor(device: Any, samples: int, batch: int = 2048) -> dict[str, Any]:
-    """The GEMM floor of one epoch: executed GEMM FLOPs / the rate of the same GEMMs at ``batch``."""
+def _gemm_step_s(device: Any, batch: int = 2048) -> float:
+    """Seconds of the GEMMs of one training step of the network at ``batch`` (median of 5 rounds)."""
     import torch
 
     (i1, o1), (i2, o2), (i3, o3) = LAYERS
-    forward = 2 * sum(i * o for i, o in LAYERS)
-    backward = forward + 2 * (i2 * o2 + i3 * o3)  # weight grads + input grads of layers 2, 3
-    per_sample = forward + backward
 
     def r(*shape: int) -> Any:
         return torch.randn(*shape, device=device)
@@ -650,19 +753,34 @@ def _floor(device: Any, samples: int, batch: int = 2048) -> dict[str, Any]:
         torch.mm(g1.t(), x), torch.mm(g2.t(), h1), torch.mm(g3.t(), h2)
         torch.mm(g3, w3), torch.mm(g2, w2)
 
+    return _rate(step_gemms, device)
+
+
+def _floor(device: Any, samples: int, step_s: list[float], batch: int = 2048) -> dict[str, Any]:
+    """The GEMM floor of one epoch: executed GEMM FLOPs / the rate of the same GEMMs at ``batch``,
+    one value per timed epoch from the rate measured right after it (``step_s``: seconds per step)."""
+    import torch
+
+    forward = 2 * sum(i * o for i, o in LAYERS)
+    (_, _), (i2, o2), (i3, o3) = LAYERS
+    backward = forward + 2 * (i2 * o2 + i3 * o3)  # weight grads + input grads of layers 2, 3
+    per_sample = forward + backward
+    rates = [per_sample * batch / t / 1e9 for t in step_s]
+    floors = [per_sample * samples / (rate * 1e9) for rate in rates]
+    gemm_gflops = statistics.median(rates)
     square_n = 4096 if device.type == "cuda" else 1024
-    a, b = r(square_n, square_n), r(square_n, square_n)
-    step_s = _rate(step_gemms, device)
+    a, b = torch.randn(square_n, square_n, device=device), torch.randn(square_n, square_n, device=device)
     square_s = _rate(lambda: torch.mm(a, b), device)
-    gemm_gflops = per_sample * batch / step_s / 1e9
     return {
         "flops_per_sample": per_sample,
         "forward_flops_per_sample": forward,
         "backward_flops_per_sample": backward,
         "flops_per_epoch": per_sample * samples,
         "gemm_batch": batch,
+        "epoch_gemm_gflops": rates,
+        "epoch_floor_s": floors,
         "gemm_gflops": gemm_gflops,
-        "floor_s": per_sample * samples / (gemm_gflops * 1e9),
+        "floor_s": statistics.median(floors),
         "floor_3x_forward_s": 3 * forward * samples / (gemm_gflops * 1e9),
         "square_n": square_n,
         "square_gflops": 2 * square_n**3 / square_s / 1e9,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -62,25 +63,39 @@ def test_usage_errors_are_one_line_with_status_2(tiny_data: Path, tmp_path: Path
         assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
 
 
-def test_rounds_give_each_ratio_as_the_median_of_its_rounds(tiny_data: Path, tmp_path: Path) -> None:
+def test_ratios_pair_epochs_that_ran_in_turn(tiny_data: Path, tmp_path: Path) -> None:
+    """Each case in its own process, one epoch at a time: b c, then c b, ...; a ratio is the median
+    of its per-epoch pairs over all rounds."""
     out = tmp_path / "bench.json"
     proc = run_benchmark(
         "--data-dir", str(tiny_data),
         "--val-size", "100",
         "--device", "cpu",
         "--cases", "b,c",
-        "--repeats", "1",
-        "--rounds", "3",
+        "--repeats", "2",
+        "--rounds", "2",
         "--limit-batches", "2",
         "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
-    assert report["settings"]["rounds"] == 3
+    assert report["settings"]["rounds"] == 2
     b, c = report["cases"]["b"], report["cases"]["c"]
-    assert len(b["epoch_s"]) == len(c["epoch_s"]) == 3  # one timed epoch per round, pooled
-    per_round = [tc / tb for tb, tc in zip(b["round_median_s"], c["round_median_s"], strict=True)]
+    assert len(b["epoch_s"]) == len(c["epoch_s"]) == 4  # two timed epochs per round, pooled
+    pairs = [tc / tb for tb, tc in zip(b["epoch_s"], c["epoch_s"], strict=True)]
     ratio = report["ratios"]["c/b"]
-    assert ratio["rounds"] == per_round
-    assert ratio["value"] == sorted(per_round)[1]
-    assert "median of the rounds" in proc.stdout
+    assert ratio["pairs"] == pairs
+    assert ratio["value"] == (sorted(pairs)[1] + sorted(pairs)[2]) / 2
+    assert "median of the paired epochs" in proc.stdout
+
+    # the turns (warm-up included) never overlap, and alternate: b c | c b | b c in each round
+    for round_index in range(2):
+        turns = [
+            (start, end, case)
+            for case in "bc"
+            for start, end in report["cases"][case]["turns"][3 * round_index : 3 * round_index + 3]
+        ]
+        turns.sort()
+        assert [case for _, _, case in turns] == list("bccbbc")
+        for (_, end, _), (start, _, _) in itertools.pairwise(turns):
+            assert end <= start
