@@ -18,16 +18,23 @@ and the same recipe (MLP 784-128-64-10 with ReLU, cross-entropy, SGD lr 0.01 mom
 
 How it times:
 
-* Each case runs in a fresh process (``multiprocessing`` spawn), so the peak resident set size
+* Each case runs in its own process (``multiprocessing`` spawn), so the peak resident set size
   (``getrusage(RUSAGE_SELF).ru_maxrss``, read at the end of the case) belongs to that case alone:
   imports, data and training. (a) and (b) import torch and torchvision but not Lightning. On a GPU
   the case also reports ``torch.cuda.max_memory_allocated``.
-* One warm-up epoch, then ``--repeats`` timed epochs (default 3); the table shows the median.
-  Seconds are ``time.perf_counter`` around one epoch; on a GPU ``torch.cuda.synchronize`` runs before
+* The processes start together and set their cases up; then their epochs run **one at a time, in
+  turn**: epoch ``i`` of every case runs in cycle ``i`` (the cases in order in even cycles, in reverse
+  in odd ones: a b c d e f, f e d c b a, ...), each process waiting for the parent's go before an
+  epoch and reporting back when it waits again (a Trainer's work between epochs is inside its turn,
+  never beside another case's epoch). Cycle 0 is a warm-up; ``--repeats`` cycles are timed (default 3).
+* A ratio of seconds (c/b, a/c, f/e) is the median of its per-epoch pairs: the two sides' epochs ran
+  seconds apart in the same cycle, so a shared machine whose speed swings over minutes moves both.
+  d/floor pairs each epoch of (d) with the GEMM rate measured right after it, in the same process.
+  Peak RSS c/b is one value per round.
+* ``--rounds N`` repeats all of it with fresh processes (a process can be fast or slow for its
+  whole life on a shared machine); the pairs of all rounds are pooled, as are the table's seconds.
+* Seconds are ``time.perf_counter`` around one epoch; on a GPU ``torch.cuda.synchronize`` runs before
   each clock read.
-* ``--rounds N`` runs the whole sequence of cases N times in turn (a b c ... a b c ...). A ratio is
-  then the median of its N per-round values (each from cases run minutes apart), so a shared machine
-  that slows down for a while moves both sides of the ratio; the table's seconds pool all rounds.
 * (a) and (b): the clock covers the whole epoch, the shuffle and the batch fetching included.
 * (c) to (f): one ``Trainer`` with ``max_epochs = 1 + repeats`` (epoch 0 is the warm-up); a
   Callback reads the clock in ``on_train_epoch_start`` and ``on_train_epoch_end``, so the Trainer's
@@ -36,9 +43,9 @@ How it times:
   fetching and every per-step hook are inside it, as in (b). In (e) and (f) the epoch's validation,
   the images drawn after it and the checkpoints saved after it are inside it too.
 * The floor of (d): the GEMM FLOPs one epoch executes divided by a GEMM rate measured in (d)'s own
-  process right after its epochs, by timing ``torch.mm`` on exactly the matrices one training step
-  multiplies at batch 2048 (median of 5 rounds after a warm-up). Per sample, with layers
-  (784, 128), (128, 64), (64, 10): forward ``2 * sum(in * out)`` = 218,368 FLOPs; backward = weight
+  process right after each of its epochs (outside the clock), by timing ``torch.mm`` on exactly the
+  matrices one training step multiplies at batch 2048 (median of 5 rounds after a warm-up). Per
+  sample, with layers (784, 128), (128, 64), (64, 10): forward ``2 * sum(in * out)`` = 218,368 FLOPs; backward = weight
   gradients ``2 * sum(in * out)`` plus input gradients of layers 2 and 3 ``2 * (128*64 + 64*10)``
   (autograd computes no gradient for the images) = 236,032; total 454,400 FLOPs per sample (the
   rule of thumb "backward = 2 x forward" would give 655,104). Bias, ReLU, loss and optimizer work
@@ -51,7 +58,7 @@ noticeably).
 Usage::
 
     python scripts/benchmark.py --data-dir /path/holding/MNIST --json bench.json
-    python scripts/benchmark.py --data-dir /path/holding/MNIST --rounds 3   # a noisy, shared machine
+    python scripts/benchmark.py --data-dir /path/holding/MNIST --rounds 2 --repeats 5   # more pairs
     python scripts/benchmark.py --cases b,c --repeats 5 --threads 1
 
 ``--limit-batches N`` caps the batches of every epoch (smoke tests only: the numbers then mean little).
@@ -124,13 +131,18 @@ def get_parser() -> argparse.ArgumentParser:
         help=f"Folder holding MNIST/raw (default: ${DATA_DIR_ENV}, else ./data). Never written to.",
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="Device.")
-    parser.add_argument("--repeats", type=int, default=3, help="Timed epochs per case (median reported).")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="Timed epochs per case and round, after one warm-up; the cases' epochs run in turn, so each "
+        "ratio of seconds gets this many pairs per round (its median is reported).",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
         default=1,
-        help="Run every case this many times, in turn (a b c d a b c d ...); each ratio is the median of "
-        "its per-round values, so a machine that slows down for a while shifts both sides of a ratio.",
+        help="Run it all this many times, each time in fresh processes; the pairs of all rounds are pooled.",
     )
     parser.add_argument("--cases", default="a,b,c,d,e,f", help="Comma-separated subset of a,b,c,d,e,f.")
     parser.add_argument(
@@ -265,7 +277,7 @@ def _run_round(cases: list[str], opts: dict[str, Any]) -> dict[str, Any]:
             if proc.is_alive():
                 proc.terminate()
             proc.join(timeout=10)
-    return results
+    return {case: results[case] for case in cases}  # in the order of the table, not of the last cycle
 
 
 def _next_report(reports: Any, procs: dict[str, Any], expected: set[str]) -> tuple[str, str, Any]:
