@@ -66,8 +66,11 @@ class MNISTDataModule(L.LightningDataModule):
             ``max_steps`` and a checkpoint's ``every_n_train_steps``, so every step-counted setting
             falls where it would with ``K = 1``; it is 1 (Lightning's automatic optimization) with
             the ``torchvision`` loader, gradient clipping or accumulation, ``limit_train_batches``,
-            ``val_check_interval``, ``overfit_batches``, ``fast_dev_run``, or a module that
-            overrides ``training_step``. See :meth:`groups_steps`.
+            ``val_check_interval``, ``overfit_batches``, ``fast_dev_run``, a module that
+            overrides ``training_step`` or a hook only automatic optimization calls
+            (``optimizer_step``, ``optimizer_zero_grad``, ``on_before_zero_grad``,
+            ``configure_gradient_clipping``, ``lr_scheduler_step``), or a callback with
+            ``on_before_zero_grad``. See :meth:`groups_steps`.
     """
 
     dataset_cls: type[datasets.MNIST] = datasets.MNIST
@@ -296,8 +299,9 @@ class MNISTDataModule(L.LightningDataModule):
         """Whether the training batches of the attached trainer's fit hold several optimizer steps.
 
         True when ``steps_per_batch > 1``, the in-memory loader is used, the trainer's module trains
-        step groups (``MNISTClassifier`` with its own ``training_step``) and nothing in the trainer
-        counts training batches in a way that groups would change (see ``steps_per_batch``).
+        step groups (``MNISTClassifier`` with its own ``training_step`` and optimizer hooks), no
+        callback has ``on_before_zero_grad`` and nothing in the trainer counts training batches in a
+        way that groups would change (see ``steps_per_batch``).
         """
         trainer: Any = self.trainer
         if self.steps_per_batch <= 1 or self.loader != "memory" or trainer is None:
@@ -306,8 +310,10 @@ class MNISTDataModule(L.LightningDataModule):
         if module is None or not getattr(module, "trains_step_groups", False):
             return False
         limit = trainer.limit_train_batches
+        zero_grad_hook = L.Callback.on_before_zero_grad  # automatic optimization calls it, manual does not
         return (
-            not trainer.gradient_clip_val
+            all(type(cb).on_before_zero_grad is zero_grad_hook for cb in trainer.callbacks)
+            and not trainer.gradient_clip_val
             and trainer.accumulate_grad_batches == 1
             and isinstance(limit, float)
             and limit == 1.0

@@ -124,10 +124,17 @@ class MNISTClassifier(L.LightningModule):
     def trains_step_groups(self) -> bool:
         """Whether this module can take several optimizer steps per training batch (step groups).
 
-        True unless a subclass overrides :meth:`training_step` (its batches stay one step each) or
-        sets ``automatic_optimization = False`` itself.
+        True unless a subclass overrides :meth:`training_step` (its batches stay one step each), sets
+        ``automatic_optimization = False`` itself, or overrides a hook that only Lightning's automatic
+        optimization calls (``optimizer_step``, e.g. a learning-rate warm-up; ``optimizer_zero_grad``,
+        ``on_before_zero_grad``, ``configure_gradient_clipping``, ``lr_scheduler_step``).
         """
-        return type(self).training_step is MNISTClassifier.training_step and self._automatic_optimization
+        cls = type(self)
+        return (
+            cls.training_step is MNISTClassifier.training_step
+            and self._automatic_optimization
+            and all(getattr(cls, hook) is getattr(L.LightningModule, hook) for hook in AUTOMATIC_ONLY_HOOKS)
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # Like Lightning's own `_trainer`: a pickled or deep-copied module holds no trainer.
@@ -368,6 +375,16 @@ def _step_schedulers(configs: Sequence[Any], count: int) -> None:
         if count % config.frequency == 0:
             config.scheduler.step()
 
+
+#: LightningModule hooks that Lightning's automatic optimization calls at every step and manual
+#: optimization (step groups) does not
+AUTOMATIC_ONLY_HOOKS = (
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "on_before_zero_grad",
+    "configure_gradient_clipping",
+    "lr_scheduler_step",
+)
 
 #: the hooks ``manual_backward`` and ``LightningOptimizer.step`` call on callbacks and the module
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")

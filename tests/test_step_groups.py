@@ -130,6 +130,40 @@ def test_a_module_with_its_own_training_step_gets_one_step_per_batch(tiny_data: 
     assert trainer.global_step == 40
 
 
+class _WarmUp(MNISTClassifier):
+    """Lightning's documented learning-rate warm-up: an ``optimizer_step`` override."""
+
+    steps = 0
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        type(self).steps += 1
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01 * min(1.0, (self.trainer.global_step + 1) / 10)
+        optimizer.step(closure=optimizer_closure)
+
+
+class _ZeroGradWatcher(L.Callback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_before_zero_grad(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.calls += 1
+
+
+def test_hooks_of_automatic_optimization_keep_one_step_per_batch(tiny_data: Path) -> None:
+    """Manual optimization would skip them: a warm-up in ``optimizer_step`` must still run every step."""
+    _WarmUp.steps = 0
+    model, datamodule, trainer = _fit(tiny_data, None, 10, cls=_WarmUp)
+    assert model.automatic_optimization and datamodule.train_steps_per_batch == 1
+    assert _WarmUp.steps == trainer.global_step == 40
+    watcher = _ZeroGradWatcher()
+    model, datamodule, trainer = _fit(tiny_data, None, 10, callbacks=[watcher])
+    assert model.automatic_optimization and datamodule.train_steps_per_batch == 1
+    assert watcher.calls == 40
+
+
 class _GradientNorms(L.Callback):
     """Reads the gradients at every optimizer step, as a gradient-norm monitor does."""
 
