@@ -14,7 +14,8 @@ and the same recipe (MLP 784-128-64-10 with ReLU, cross-entropy, SGD lr 0.01 mom
   (f) the Trainer ``scripts/train.py`` builds from its default flags (``lit_mnist.cli.build_trainer``):
       TensorBoard logger, LR monitor, speed scalars, prediction/misclassified/confusion-matrix images,
       the curves, the NaN guard, signal handling, best and last checkpoints (in a temporary folder)
-      -- against (e), what monitoring, logging and checkpointing cost a run.
+      -- against (e), what monitoring, logging and checkpointing cost a run;
+  (g) the plain loop of (b) at batch 2048: what PyTorch alone does against the floor of (d).
 
 How it times:
 
@@ -50,10 +51,13 @@ How it times:
   (autograd computes no gradient for the images) = 236,032; total 454,400 FLOPs per sample (the
   rule of thumb "backward = 2 x forward" would give 655,104). Bias, ReLU, loss and optimizer work
   is elementwise and not counted. A square ``mm`` rate (1024, or 4096 on a GPU) is reported for context.
+* floor3f: the same with the rule of thumb, 3 x forward = 655,104 FLOPs per sample -- the convention
+  of issue 3's own figure (~39 GFLOP forward+backward per epoch of 60,000 images).
 
-Ratios and their targets: c/b <= 1.25 (seconds), a/c >= 6 (seconds), d/floor <= 1.5 (seconds),
-peak RSS c/b <= 1.2 (issue 3); f/e <= 1.1 (seconds; issue 5: monitoring must not slow training
-noticeably).
+Ratios and their targets: c/b <= 1.25 (seconds), a/c >= 6 (seconds), d/floor and d/floor3f <= 1.5
+(seconds), peak RSS c/b <= 1.2 (issue 3); f/e <= 1.1 (seconds; issue 5: monitoring must not slow
+training noticeably). Shown without a target: d/g (Lightning at batch 2048 against plain PyTorch)
+and g/floor (plain PyTorch against the floor).
 
 Usage::
 
@@ -102,11 +106,16 @@ CASES = {
     "d": ("lit_mnist Trainer.fit, loader=memory", 2048),
     "e": ("(c) + validation each epoch", 64),
     "f": ("(e) as train.py runs it: TB, monitoring, ckpts", 64),
+    "g": ("(b) at batch 2048: plain PyTorch against (d)", 2048),
 }
-TARGETS = {
+#: each ratio's target (None: shown for context, no target)
+TARGETS: dict[str, tuple[str, float] | None] = {
     "c/b": ("<=", 1.25),
     "a/c": (">=", 6.0),
     "d/floor": ("<=", 1.5),
+    "d/floor3f": ("<=", 1.5),
+    "d/g": None,
+    "g/floor": None,
     "rss c/b": ("<=", 1.2),
     "f/e": ("<=", 1.1),
 }
@@ -144,7 +153,9 @@ def get_parser() -> argparse.ArgumentParser:
         default=1,
         help="Run it all this many times, each time in fresh processes; the pairs of all rounds are pooled.",
     )
-    parser.add_argument("--cases", default="a,b,c,d,e,f", help="Comma-separated subset of a,b,c,d,e,f.")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"Comma-separated subset of {','.join(CASES)}."
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads in every case (default: torch's)."
     )
@@ -331,8 +342,13 @@ def _pairs(results: dict[str, Any]) -> dict[str, list[float]]:
     if "a" in results and "c" in results:
         values["a/c"] = paired("a", "c")
     if "d" in results:
-        floors = results["d"]["floor"]["epoch_floor_s"]
+        floor = results["d"]["floor"]
+        floors, floors3f = floor["epoch_floor_s"], floor["epoch_floor_3x_forward_s"]
         values["d/floor"] = [d / f for d, f in zip(results["d"]["epoch_s"], floors, strict=True)]
+        values["d/floor3f"] = [d / f for d, f in zip(results["d"]["epoch_s"], floors3f, strict=True)]
+        if "g" in results:
+            values["d/g"] = paired("d", "g")
+            values["g/floor"] = [g / f for g, f in zip(results["g"]["epoch_s"], floors, strict=True)]
     if "b" in results and "c" in results:
         values["rss c/b"] = [results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]]
     if "e" in results and "f" in results:
@@ -358,6 +374,8 @@ def _pooled(per_round: list[dict[str, Any]]) -> dict[str, Any]:
         result["floor"] = {
             **floors[0],
             "epoch_floor_s": [t for f in floors for t in f["epoch_floor_s"]],
+            "epoch_floor_3x_forward_s": [t for f in floors for t in f["epoch_floor_3x_forward_s"]],
+            "floor_3x_forward_s": statistics.median(t for f in floors for t in f["epoch_floor_3x_forward_s"]),
             "floor_s": statistics.median(t for f in floors for t in f["epoch_floor_s"]),
             "gemm_gflops": statistics.median(g for f in floors for g in f["epoch_gemm_gflops"]),
             "square_gflops": statistics.median(f["square_gflops"] for f in floors),
@@ -375,13 +393,13 @@ def _report(rounds: list[dict[str, Any]], args: argparse.Namespace, cases: list[
     per_round = [_pairs(results) for results in rounds]
     ratios: dict[str, Any] = {}
     for name in per_round[0]:
-        op, target = TARGETS[name]
         values = [v for r in per_round for v in r[name]]
         value = statistics.median(values)
-        met = value <= target if op == "<=" else value >= target
+        goal = TARGETS[name]
+        met = None if goal is None else value <= goal[1] if goal[0] == "<=" else value >= goal[1]
         ratios[name] = {
             "value": value,
-            "target": f"{op} {target:g}",
+            "target": None if goal is None else f"{goal[0]} {goal[1]:g}",
             "met": met,
             "pairs": values,
             "rounds": [statistics.median(r[name]) for r in per_round],
@@ -446,13 +464,15 @@ def _print_table(report: dict[str, Any]) -> None:
         print(
             f"      floor: {fl['flops_per_sample']:,} FLOPs/sample, layer-shaped mm at batch "
             f"{fl['gemm_batch']}: {fl['gemm_gflops']:.1f} GFLOP/s "
-            f"(square {fl['square_n']} mm: {fl['square_gflops']:.1f} GFLOP/s)"
+            f"(square {fl['square_n']} mm: {fl['square_gflops']:.1f} GFLOP/s); floor3f, counting "
+            f"3 x forward = {3 * fl['forward_flops_per_sample']:,} FLOPs/sample: {fl['floor_3x_forward_s']:.3f} s"
         )
     if report["ratios"]:
         print(f"\n{'ratio':<10}{'value':>8}  {'target':<9}met  (median of the paired epochs: each pair)")
         for name, r in report["ratios"].items():
             each = " ".join(f"{v:.2f}" for v in r["pairs"])
-            print(f"{name:<10}{r['value']:>8.2f}  {r['target']:<9}{'yes' if r['met'] else 'NO ':<3}  {each}")
+            met = "-" if r["met"] is None else "yes" if r["met"] else "NO"
+            print(f"{name:<10}{r['value']:>8.2f}  {r['target'] or '-':<9}{met:<3}  {each}")
 
 
 # --------------------------------------------------------------------------- child side (one case)
@@ -478,6 +498,7 @@ def _run_case(case: str, opts: dict[str, Any], wait_turn: Any) -> dict[str, Any]
         "d": _case_lightning,
         "e": functools.partial(_case_lightning, validate=True),
         "f": _case_full_run,
+        "g": _case_memory,
     }[case]
     gemm_step_s: list[float] = []
 
@@ -791,6 +812,7 @@ def _floor(device: Any, samples: int, step_s: list[float], batch: int = 2048) ->
         "gemm_batch": batch,
         "epoch_gemm_gflops": rates,
         "epoch_floor_s": floors,
+        "epoch_floor_3x_forward_s": [f * 3 * forward / per_sample for f in floors],
         "gemm_gflops": gemm_gflops,
         "floor_s": statistics.median(floors),
         "floor_3x_forward_s": 3 * forward * samples / (gemm_gflops * 1e9),
