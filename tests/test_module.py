@@ -121,3 +121,58 @@ def test_load_from_checkpoint_weights_only(tmp_path: Path) -> None:
     assert loaded.hparams == model.hparams
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def _accuracy_and_loss(
+    model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    model.train(was_training)
+    accuracy = (logits.argmax(dim=-1) == labels).float().mean().item()
+    return accuracy, torch.nn.functional.cross_entropy(logits, labels).item()
+
+
+def test_logged_validation_and_test_metrics_are_those_of_each_epoch(tiny_data: Path) -> None:
+    """val/acc and val/loss are the current weights' accuracy and mean loss over the validation split,
+    epoch by epoch (the metrics are reset between epochs); test/acc and test/loss over the test set."""
+    from lit_mnist.data import MNISTDataModule
+
+    datamodule = MNISTDataModule(str(tiny_data), batch_size=32, val_size=100)
+    datamodule.setup("fit")
+    val_images, val_labels = datamodule.split("val")
+    seen: list[tuple[float, float, float, float]] = []
+
+    class Probe(L.Callback):
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.sanity_checking:
+                return
+            metrics = trainer.callback_metrics
+            expected = _accuracy_and_loss(pl_module, val_images, val_labels)  # type: ignore[arg-type]
+            seen.append((float(metrics["val/acc"]), float(metrics["val/loss"]), *expected))
+
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+    )
+    L.seed_everything(0, verbose=False)
+    model = MNISTClassifier()
+    trainer.fit(model, datamodule=datamodule)
+    assert len(seen) == 3
+    for acc, loss, expected_acc, expected_loss in seen:
+        assert acc == pytest.approx(expected_acc, abs=1e-6)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert len({loss for _, loss, *_ in seen}) == 3  # three epochs, three sets of weights
+
+    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    test_images, test_labels = datamodule.split("test")
+    expected_acc, expected_loss = _accuracy_and_loss(model, test_images, test_labels)
+    assert tested["test/acc"] == pytest.approx(expected_acc, abs=1e-6)
+    assert tested["test/loss"] == pytest.approx(expected_loss, rel=1e-5)
