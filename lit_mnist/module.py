@@ -13,6 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -406,10 +409,6 @@ def _plain_step_progress(trainer: Any, module: L.LightningModule) -> Any:
     0.1 ms per step on a CPU, a tenth of a step at batch 64. Anything else (DDP's gradient averaging,
     a precision plugin's scaling, a callback reading gradients) takes Lightning's path.
     """
-    from lightning.pytorch.plugins.precision import Precision
-    from lightning.pytorch.profilers import PassThroughProfiler
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-
     if (
         type(trainer.strategy) is not SingleDeviceStrategy
         or type(trainer.precision_plugin) is not Precision
