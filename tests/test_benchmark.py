@@ -106,3 +106,22 @@ def test_ratios_pair_epochs_that_ran_in_turn(tiny_data: Path, tmp_path: Path) ->
         assert [case for _, _, case in turns] == list("bccbbc")
         for (_, end, _), (start, _, _) in itertools.pairwise(turns):
             assert end <= start
+
+
+def test_a_failing_case_ends_the_run_with_one_line_and_status_1(tiny_data: Path) -> None:
+    """A case whose process raises: the other processes are stopped, the error is one line."""
+    proc = run_benchmark(
+        "--data-dir", str(tiny_data),
+        "--val-size", "600",  # all 600 training images held out: (b) cannot build a train split
+        "--device", "cpu",
+        "--cases", "b,c",
+        "--repeats", "1",
+        "--limit-batches", "2",
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == "benchmark.py: error: case (b) failed: --val-size must be smaller than the 600 training images, got 600"
+    )
