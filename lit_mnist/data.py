@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
@@ -310,9 +311,8 @@ class MNISTDataModule(L.LightningDataModule):
         if module is None or not getattr(module, "trains_step_groups", False):
             return False
         limit = trainer.limit_train_batches
-        zero_grad_hook = L.Callback.on_before_zero_grad  # automatic optimization calls it, manual does not
-        return (
-            all(type(cb).on_before_zero_grad is zero_grad_hook for cb in trainer.callbacks)
+        return (  # on_before_zero_grad: automatic optimization calls it, manual does not
+            not any(is_overridden("on_before_zero_grad", cb, L.Callback) for cb in trainer.callbacks)
             and not trainer.gradient_clip_val
             and trainer.accumulate_grad_batches == 1
             and isinstance(limit, float)

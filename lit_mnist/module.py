@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -132,11 +133,10 @@ class MNISTClassifier(L.LightningModule):
         optimization calls (``optimizer_step``, e.g. a learning-rate warm-up; ``optimizer_zero_grad``,
         ``on_before_zero_grad``, ``configure_gradient_clipping``, ``lr_scheduler_step``).
         """
-        cls = type(self)
         return (
-            cls.training_step is MNISTClassifier.training_step
+            not is_overridden("training_step", self, MNISTClassifier)
             and self._automatic_optimization
-            and all(getattr(cls, hook) is getattr(L.LightningModule, hook) for hook in AUTOMATIC_ONLY_HOOKS)
+            and not any(is_overridden(hook, self, L.LightningModule) for hook in AUTOMATIC_ONLY_HOOKS)
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -408,6 +408,9 @@ def _plain_step_progress(trainer: Any, module: L.LightningModule) -> Any:
     optimizer's ``step()`` and the step count (``global_step``); their ~20 hook dispatches cost about
     0.1 ms per step on a CPU, a tenth of a step at batch 64. Anything else (DDP's gradient averaging,
     a precision plugin's scaling, a callback reading gradients) takes Lightning's path.
+
+    Called once per group, so the hooks are compared on the classes directly: Lightning's
+    ``is_overridden`` costs ~4.5 us a call here, ~40 calls per group.
     """
     if (
         type(trainer.strategy) is not SingleDeviceStrategy

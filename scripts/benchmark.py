@@ -339,6 +339,7 @@ def _pairs(results: dict[str, Any]) -> dict[str, list[float]]:
     values = {}
     if "b" in results and "c" in results:
         values["c/b"] = paired("c", "b")
+        values["rss c/b"] = [results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]]
     if "a" in results and "c" in results:
         values["a/c"] = paired("a", "c")
     if "d" in results:
@@ -349,8 +350,6 @@ def _pairs(results: dict[str, Any]) -> dict[str, list[float]]:
         if "g" in results:
             values["d/g"] = paired("d", "g")
             values["g/floor"] = [g / f for g, f in zip(results["g"]["epoch_s"], floors, strict=True)]
-    if "b" in results and "c" in results:
-        values["rss c/b"] = [results["c"]["peak_rss_mib"] / results["b"]["peak_rss_mib"]]
     if "e" in results and "f" in results:
         values["f/e"] = paired("f", "e")
     return values
@@ -392,7 +391,7 @@ def _report(rounds: list[dict[str, Any]], args: argparse.Namespace, cases: list[
     """
     per_round = [_pairs(results) for results in rounds]
     ratios: dict[str, Any] = {}
-    for name in per_round[0]:
+    for name in [n for n in TARGETS if n in per_round[0]]:  # the order of TARGETS
         values = [v for r in per_round for v in r[name]]
         value = statistics.median(values)
         goal = TARGETS[name]

@@ -10,6 +10,19 @@ from lit_mnist.errors import ConfigError
 from lit_mnist.module import MNISTClassifier
 
 
+def _quiet_trainer(max_epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+    """A CPU Trainer with no logger, checkpoints, progress bar or summary."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "cls"),
     [
@@ -63,15 +76,7 @@ def test_step_schedulers_span_the_whole_run(name: str, cls: type, tiny_data: Pat
             seen["total"] = getattr(scheduler, "T_max", getattr(scheduler, "total_steps", None))
 
     datamodule = MNISTDataModule(str(tiny_data), batch_size=100, val_size=100)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Probe()],
-    )
+    trainer = _quiet_trainer(max_epochs=2, callbacks=[Probe()])
     trainer.fit(MNISTClassifier(scheduler=name, lr=0.05), datamodule=datamodule)
     assert seen["cls"] is cls
     assert seen["interval"] == "step"
@@ -153,15 +158,7 @@ def test_logged_validation_and_test_metrics_are_those_of_each_epoch(tiny_data: P
             expected = _accuracy_and_loss(pl_module, val_images, val_labels)  # type: ignore[arg-type]
             seen.append((float(metrics["val/acc"]), float(metrics["val/loss"]), *expected))
 
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Probe()],
-    )
+    trainer = _quiet_trainer(max_epochs=3, callbacks=[Probe()])
     L.seed_everything(0, verbose=False)
     model = MNISTClassifier()
     trainer.fit(model, datamodule=datamodule)
