@@ -15,7 +15,6 @@ import inspect
 import json
 import os
 import re
-import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -42,10 +41,18 @@ from lit_mnist.callbacks import (
     written_figures,
 )
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
-from lit_mnist.errors import CheckpointError, ConfigError, DataError
-from lit_mnist.loader import LoaderStateError
+from lit_mnist.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    LoaderStateError,
+    NonFiniteLossError,
+    RunError,
+    UsageError,
+)
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
-from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossError, NonFiniteLossGuard
+from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
@@ -57,30 +64,6 @@ CONFIG_NAME = "config.yaml"
 RESULTS_NAME = "results.json"
 #: Set by the launching process so that DDP's re-launched processes log into the same run folder.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
-
-
-class Interrupted(Exception):
-    """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it."""
-
-    def __init__(self, signal_name: str, checkpoint: Path, trainer: L.Trainer) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.checkpoint = checkpoint
-        self.epoch = trainer.current_epoch
-        self.step = trainer.global_step
-
-    @property
-    def exit_status(self) -> int:
-        """128 + the signal's number, as a shell reports a process ended by that signal."""
-        return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)
-
-
-class RunError(RuntimeError):
-    """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
-
-
-class UsageError(Exception):
-    """A bad flag or config value: reported as one line, exit status 2."""
 
 
 def _default(cls: type, name: str) -> Any:
@@ -567,7 +550,10 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
                 raise Interrupted(
-                    _stop_signal(trainer), run_dir / "checkpoints" / "last.ckpt", trainer
+                    _stop_signal(trainer),
+                    run_dir / "checkpoints" / "last.ckpt",
+                    trainer.current_epoch,
+                    trainer.global_step,
                 ) from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None

@@ -1,6 +1,8 @@
-"""Errors that lit_mnist reports to the user as one line, without a traceback."""
+"""Every exception lit_mnist raises on purpose. Each message is one line that says what is wrong and how to fix it."""
 
 from __future__ import annotations
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -22,9 +24,52 @@ class ConfigError(ValueError):
         return "--" + self.key.replace("_", "-")
 
 
+class UsageError(Exception):
+    """A bad flag, flag combination or file argument: reported as one line, exit status 2."""
+
+
 class DataError(RuntimeError):
     """The dataset is missing, corrupted or cannot be downloaded. The message says how to fix it."""
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class LoaderStateError(ValueError):
+    """A saved loader position does not fit this loader (another split size, batch size or sharding)."""
+
+
+class ImageError(ValueError):
+    """One input image cannot be read or is refused; the message says why, in one line."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the weights after this step are not worth keeping."""
+
+
+class RunError(RuntimeError):
+    """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it.
+
+    Args:
+        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+        checkpoint: The checkpoint written when training stopped.
+        epoch: The epoch training stopped in.
+        step: The optimizer steps taken.
+    """
+
+    def __init__(self, signal_name: str, checkpoint: object, epoch: int, step: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process ended by that signal."""
+        return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)

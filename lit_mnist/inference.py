@@ -46,12 +46,11 @@ from lit_mnist.cli import (
     CONFIG_NAME,
     PRECISION_ALIASES,
     PRECISIONS,
-    UsageError,
     _one_line,
     usage_exit,
 )
 from lit_mnist.data import DATAMODULES, MNISTDataModule, default_data_dir
-from lit_mnist.errors import CheckpointError, DataError
+from lit_mnist.errors import CheckpointError, DataError, ImageError, UsageError
 from lit_mnist.loader import InMemoryBatchLoader
 from lit_mnist.module import MNISTClassifier
 
@@ -60,10 +59,6 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 INVERT_CHOICES = ("auto", "yes", "no")
 FIT_CHOICES = ("frame", "digit")
 EXPORT_FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
-
-
-class ImageError(ValueError):
-    """One input image cannot be read or is refused; the message says why, in one line."""
 
 
 # --------------------------------------------------------------------------- checkpoints

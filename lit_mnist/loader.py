@@ -51,14 +51,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from lit_mnist.errors import LoaderStateError
+
 __all__ = ["InMemoryBatchLoader", "LoaderStateError"]
 
 _SEED_MULTIPLIER = 1_000_003
 _STATE_VERSION = 1
-
-
-class LoaderStateError(ValueError):
-    """A saved position belongs to a loader with other settings (its batches would be other samples)."""
 
 
 def _generator_seed(seed: int, epoch: int) -> int:

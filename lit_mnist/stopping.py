@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_mnist.errors import NonFiniteLossError
+
 
 class GracefulInterrupt(L.Callback):
     """On the first SIGINT (Ctrl-C), stop after the current batch the way SIGTERM does."""
@@ -61,10 +63,6 @@ class GracefulInterrupt(L.Callback):
             "\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).",
             file=sys.stderr,
         )
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the weights after this step are not worth keeping."""
 
 
 class NonFiniteLossGuard(L.Callback):
