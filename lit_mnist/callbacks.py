@@ -26,7 +26,6 @@ matplotlib once and reused.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import time
 import warnings
@@ -41,6 +40,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lit_mnist.groups import OptimizerStepAxis
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -85,7 +86,13 @@ def grid_size_px(num_images: int, image_hw: tuple[int, int] = (28, 28)) -> tuple
 
 
 def _batch_size(batch: Any) -> int:
-    """The number of samples in a batch, read from the first tensor's shape (no device access)."""
+    """The number of samples in a batch, read from the first tensor's shape (no device access).
+
+    A step group (a list of ``(images, targets)`` batches, see :mod:`lit_mnist.groups`) counts the
+    samples of all its batches.
+    """
+    if isinstance(batch, list) and batch and isinstance(batch[0], (tuple, list)):
+        return sum(_batch_size(part) for part in batch)
     if isinstance(batch, Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):
@@ -334,22 +341,8 @@ def curves_figure(history: Mapping[int, Mapping[str, float]]) -> np.ndarray:
 
 
 def add_png(experiment: Any, tag: str, image: np.ndarray, step: int) -> None:
-    """Write an RGB uint8 image ``(H, W, 3)`` to a TensorBoard ``SummaryWriter`` as ``tag`` at ``step``.
-
-    What ``experiment.add_image(tag, image, step, dataformats="HWC")`` writes (a PNG in an image
-    summary), without its float round trip and at PNG compression level 1: about 10 ms instead of
-    25-30 ms for a 768 x 516 grid on a CPU core, for files ~8% larger. Three such images per
-    validation epoch were most of what monitoring cost an epoch.
-    """
-    from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    height, width = image.shape[:2]
-    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-    summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
-    experiment._get_file_writer().add_summary(summary, step)
+    """Write an RGB uint8 image ``(H, W, 3)`` to a TensorBoard ``SummaryWriter`` as ``tag`` at ``step``."""
+    experiment.add_image(tag, image, step, dataformats="HWC")
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -360,8 +353,11 @@ def _save_png(image: np.ndarray, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- logger and callbacks
-class MonitoringTensorBoardLogger(TensorBoardLogger):
+class MonitoringTensorBoardLogger(OptimizerStepAxis, TensorBoardLogger):
     """``TensorBoardLogger`` whose ``log_graph=True`` writes the model graph once, without warnings.
+
+    With step groups (:class:`~lit_mnist.groups.StepGroups` binds it) it writes every value at its
+    optimizer step (:class:`~lit_mnist.groups.OptimizerStepAxis`).
 
     Lightning calls ``log_graph`` at the start of every ``fit`` / ``test``; TensorBoard traces the
     model with ``torch.jit.trace``, which torch 2.14 deprecates (a ``FutureWarning`` every run) and
@@ -393,6 +389,7 @@ class EpochSpeed(L.Callback):
     samples (all processes) per second of the rest. Samples are counted from the batch tensor's
     shape, which lives on the host: no device sync per step. The clock is read four times per epoch,
     each after one ``torch.cuda.synchronize`` on a GPU, so queued work is counted where it belongs.
+    The values are logged with ``pl_module.log``, so they share the step of the epoch's other metrics.
     """
 
     def __init__(self) -> None:
@@ -428,8 +425,8 @@ class EpochSpeed(L.Callback):
             "perf/val_time_s": self._val_time,
             "perf/train_samples_per_s": self._samples * trainer.world_size / train_time,
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True)
         self._start = None
 
 

@@ -9,25 +9,24 @@ test set, so every process of a multi-device run holds the same split.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import math
 import os
 import shutil
 import struct
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.warnings import PossibleUserWarning
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from lit_mnist.errors import ConfigError, DataError
+from lit_mnist.loader import InMemoryBatchLoader
 
 DATA_DIR_ENV = "LIT_MNIST_DATA_DIR"
 LOADERS = ("memory", "torchvision")
@@ -58,20 +57,12 @@ class MNISTDataModule(L.LightningDataModule):
             ``transforms`` + ``DataLoader`` path (for augmentation).
         download: Download the raw files with torchvision when they are missing.
         seed: Seed of the shuffling of the training batches (the in-memory loader mixes in the epoch).
-        steps_per_batch: Optimizer steps per training batch that Lightning sees (in-memory loader,
-            with :class:`~lit_mnist.module.MNISTClassifier`). With ``K > 1`` the loader hands
-            Lightning ``K * batch_size`` samples at once and the module takes ``K`` optimizer steps
-            of ``batch_size`` through them: the same samples, steps and weights as ``K = 1``, but
-            Lightning's per-batch work (hooks, progress, logging checks) is paid once per ``K``
-            steps. ``K`` is lowered to divide the batches per epoch, ``log_every_n_steps``,
-            ``max_steps`` and a checkpoint's ``every_n_train_steps``, so every step-counted setting
-            falls where it would with ``K = 1``; it is 1 (Lightning's automatic optimization) with
-            the ``torchvision`` loader, gradient clipping or accumulation, ``limit_train_batches``,
-            ``val_check_interval``, ``overfit_batches``, ``fast_dev_run``, a module that
-            overrides ``training_step`` or a hook only automatic optimization calls
-            (``optimizer_step``, ``optimizer_zero_grad``, ``on_before_zero_grad``,
-            ``configure_gradient_clipping``, ``lr_scheduler_step``), or a callback with
-            ``on_before_zero_grad``. See :meth:`groups_steps`.
+        steps_per_batch: 1 (the default): one training batch of ``batch_size`` per Lightning batch,
+            as Lightning's documentation describes. ``K > 1`` (in-memory loader only): each training
+            batch Lightning sees is a *step group*, a list of ``K`` consecutive batches of
+            ``batch_size``, for a module built with the same ``steps_per_batch`` that takes their
+            ``K`` optimizer steps in one ``training_step`` (see :mod:`lit_mnist.groups`).
+            Validation and test batches are never grouped.
     """
 
     dataset_cls: type[datasets.MNIST] = datasets.MNIST
@@ -114,6 +105,11 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError("steps_per_batch", f"must be >= 1, got {steps_per_batch}")
         if loader not in LOADERS:
             raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
+        if steps_per_batch > 1 and loader != "memory":
+            raise ConfigError(
+                "steps_per_batch",
+                f"must be 1 with --loader {loader} (step groups come from the in-memory loader); got {steps_per_batch}",
+            )
         data_dir = str(data_dir or default_data_dir())
         self.save_hyperparameters()
         self.data_dir = data_dir
@@ -125,8 +121,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.download = download
         self.seed = seed
         self.steps_per_batch = steps_per_batch
-        #: Optimizer steps per training batch of the current fit (set by ``train_dataloader``).
-        self.train_steps_per_batch = 1
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._datasets: dict[str, Any] = {}
         self._full_targets: dict[bool, Tensor] = {}  # labels as load() returned them, per set
@@ -296,58 +290,6 @@ class MNISTDataModule(L.LightningDataModule):
     def test_dataloader(self) -> Any:
         return self._dataloader("test", shuffle=False)
 
-    def groups_steps(self) -> bool:
-        """Whether the training batches of the attached trainer's fit hold several optimizer steps.
-
-        True when ``steps_per_batch > 1``, the in-memory loader is used, the trainer's module trains
-        step groups (``MNISTClassifier`` with its own ``training_step`` and optimizer hooks), no
-        callback has ``on_before_zero_grad`` and nothing in the trainer counts training batches in a
-        way that groups would change (see ``steps_per_batch``).
-        """
-        trainer: Any = self.trainer
-        if self.steps_per_batch <= 1 or self.loader != "memory" or trainer is None:
-            return False
-        module = trainer.lightning_module
-        if module is None or not getattr(module, "trains_step_groups", False):
-            return False
-        limit = trainer.limit_train_batches
-        return (  # on_before_zero_grad: automatic optimization calls it, manual does not
-            not any(is_overridden("on_before_zero_grad", cb, L.Callback) for cb in trainer.callbacks)
-            and not trainer.gradient_clip_val
-            and trainer.accumulate_grad_batches == 1
-            and isinstance(limit, float)
-            and limit == 1.0
-            and isinstance(trainer.val_check_interval, float)
-            and trainer.val_check_interval == 1.0
-            and not trainer.overfit_batches
-            and not trainer.fast_dev_run
-        )
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count a training batch's optimizer steps for Lightning's logging step (step groups only).
-
-        The first hook Lightning calls for a batch, before any callback's ``on_train_batch_start``
-        (a learning-rate monitor reads the step there). A subclass that overrides this hook should
-        call ``super()``; if it does not, the module counts the steps itself, after the callbacks.
-        """
-        trainer = self.trainer
-        # A training batch is (images, labels); Lightning's model summary also passes the module's
-        # example input through this hook, at the start of fit.
-        is_batch = isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor)
-        if is_batch and trainer is not None and trainer.training and self.train_steps_per_batch > 1:
-            from lit_mnist.module import count_step_group
-
-            count_step_group(trainer, math.ceil(int(batch[1].shape[0]) / self.batch_size))
-        return batch
-
-    def _steps_per_batch(self, batches_per_epoch: int) -> int:
-        """``steps_per_batch`` lowered to divide every step count Lightning checks (see the class doc)."""
-        trainer: Any = self.trainer
-        assert trainer is not None
-        counts = [self.steps_per_batch, batches_per_epoch, trainer.log_every_n_steps, trainer.max_steps]
-        counts += [int(getattr(cb, "_every_n_train_steps", 0) or 0) for cb in trainer.checkpoint_callbacks]
-        return math.gcd(*(c for c in counts if c > 0))
-
     def _dataloader(self, split: str, shuffle: bool) -> Any:
         if self.loader == "torchvision":
             return DataLoader(
@@ -357,8 +299,6 @@ class MNISTDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
-        from lit_mnist.loader import InMemoryBatchLoader
-
         images, targets = self._splits[split]
         rank, world = 0, 1
         if self.trainer is not None:
@@ -367,28 +307,15 @@ class MNISTDataModule(L.LightningDataModule):
             if images.device != device:
                 images, targets = images.to(device), targets.to(device)
                 self._splits[split] = (images, targets)
-        batch_size = self.batch_size
-        if split == "train":
-            self.train_steps_per_batch = 1
-            if self.groups_steps():
-                per_rank = math.ceil(len(targets) / world)  # padded shards: the same on every rank
-                self.train_steps_per_batch = self._steps_per_batch(math.ceil(per_rank / batch_size))
-                batch_size *= self.train_steps_per_batch
-                # Lightning compares its batches (now groups) with log_every_n_steps (optimizer steps)
-                # and would warn that an epoch is too short to log; it is not: the steps did not change.
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r"The number of training batches \(\d+\) is smaller than the logging interval",
-                    category=PossibleUserWarning,
-                )
         return InMemoryBatchLoader(
             images,
             targets,
-            batch_size,
+            self.batch_size,
             shuffle=shuffle,
             seed=self.seed,
             num_replicas=world,
             rank=rank,
+            steps_per_batch=self.steps_per_batch if split == "train" else 1,
         )
 
     def transform(self) -> transforms.Compose:
@@ -430,6 +357,13 @@ DATAMODULES: dict[str, type[MNISTDataModule]] = {
 
 
 def _md5(path: Path) -> str:
+    """The file's MD5, computed once per process for a given size and modification time."""
+    stat = path.stat()
+    return _md5_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _md5_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

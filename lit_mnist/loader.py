@@ -20,27 +20,30 @@ pure overhead. :class:`InMemoryBatchLoader` replaces it in ``Trainer.fit`` / ``v
   shuffling, meant for evaluation) nothing is repeated: the shards are disjoint, together they are
   exactly the split, and their sizes differ by at most one -- so metrics synced across ranks equal a
   single-process evaluation.
-* **Lightning sets the epoch.** Lightning's loops call ``_set_sampler_epoch(loader, epoch)``, which
-  looks for ``loader.sampler.set_epoch``. :attr:`InMemoryBatchLoader.sampler` is a small object
-  whose ``set_epoch`` forwards to :meth:`InMemoryBatchLoader.set_epoch`. The epoch is read when the
-  first batch of a pass is taken, not in ``iter()``, because Lightning calls ``iter()`` before
-  ``set_epoch`` in the first epoch (``FitLoop.setup_data`` then ``FitLoop.on_advance_start``).
-* **Mid-epoch resume.** Lightning 2.6 stores ``state_dict()`` of every train loader that has
-  ``state_dict``/``load_state_dict`` in the checkpoint (``loops.fit_loop.state_dict.combined_loader``)
-  and hands it back to ``load_state_dict`` before it calls ``iter()`` on resume. The state is the epoch,
-  the seed and ``batches_consumed``: the number of batches of that epoch this loader has *yielded*.
-  That count equals the number of batches the training loop has taken: Lightning's
-  ``_PrefetchDataFetcher`` prefetches only when the loader has no length (``__iter__`` returns early
-  when ``sized_len`` is known, and ``__next__`` then fetches exactly one batch per step), and this
-  loader always has one. So a checkpoint written after batch ``k`` holds ``batches_consumed == k + 1``
-  (batch indices from 0) and the resumed pass starts at batch ``k + 1``: nothing skipped, nothing
-  repeated (``tests/test_loader.py`` checks this through ``Trainer.fit(ckpt_path=...)``). The resume
-  offset applies once, to the next pass of the saved epoch; ``set_epoch`` to another epoch discards it.
-  The state is plain ints and bools, so it loads under ``torch.load(weights_only=True)``.
+* **Lightning sets the epoch.** At the start of every epoch Lightning calls ``set_epoch`` on a
+  loader's ``sampler`` when it has one, as it does for a ``DistributedSampler``.
+  :attr:`InMemoryBatchLoader.sampler` is a small object whose ``set_epoch`` forwards to
+  :meth:`InMemoryBatchLoader.set_epoch`. The epoch is read when the first batch of a pass is taken,
+  not in ``iter()``, because Lightning calls ``iter()`` before ``set_epoch`` in the first epoch.
+* **Mid-epoch resume.** Lightning saves ``state_dict()`` of a training loader that has
+  ``state_dict``/``load_state_dict`` in its checkpoints, and hands it back to ``load_state_dict``
+  before it calls ``iter()`` on resume. The state is the epoch, the seed and ``batches_consumed``:
+  the number of batches of that epoch this loader has *yielded*. From a loader with a length,
+  Lightning takes one batch per training step and fetches none ahead, so a checkpoint written after
+  batch ``k`` holds ``batches_consumed == k + 1`` (batch indices from 0) and the resumed pass starts
+  at batch ``k + 1``: nothing skipped, nothing repeated (``tests/test_loader.py`` checks this through
+  ``Trainer.fit(ckpt_path=...)``). The resume offset applies once, to the next pass of the saved
+  epoch; ``set_epoch`` to another epoch discards it. The state is plain ints and bools, so it loads
+  under ``torch.load(weights_only=True)``.
+* **Step groups** (``steps_per_batch=K > 1``). Each item is a list of up to ``K`` consecutive
+  ``(images, targets)`` batches of ``batch_size`` instead of one batch: the same batches in the same
+  order, ``K`` at a time, for a training step that takes ``K`` optimizer steps (see
+  :class:`~lit_mnist.module.MNISTClassifier`'s ``steps_per_batch``). The group is gathered with one
+  ``index_select`` and split into views. Lengths and the resume position then count groups.
 
-Lengths follow ``DataLoader``: ``len(loader)`` is the number of batches per epoch for this rank,
-``len(loader.sampler)`` the number of samples per epoch for this rank (padding included) and
-``len(loader.dataset)`` the number of samples in the whole split.
+Lengths follow ``DataLoader``: ``len(loader)`` is the number of items (batches, or groups) per epoch
+for this rank, ``len(loader.sampler)`` the number of samples per epoch for this rank (padding
+included) and ``len(loader.dataset)`` the number of samples in the whole split.
 """
 
 import math
@@ -56,7 +59,7 @@ from lit_mnist.errors import LoaderStateError
 __all__ = ["InMemoryBatchLoader", "LoaderStateError"]
 
 _SEED_MULTIPLIER = 1_000_003
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 def _generator_seed(seed: int, epoch: int) -> int:
@@ -95,7 +98,7 @@ class _LoaderSampler:
 
 
 class InMemoryBatchLoader:
-    """Yields ``(images, targets)`` batches of tensors held in memory, seeded, sharded and resumable.
+    """Yields ``(images, targets)`` batches (or groups of them) of tensors held in memory, seeded, sharded, resumable.
 
     Args:
         images: All inputs of the split, shape ``(N, ...)``, already normalised.
@@ -109,6 +112,8 @@ class InMemoryBatchLoader:
         pad_shards: Wrap around the epoch's order so that every rank gets ``ceil(N / num_replicas)``
             samples (training); ``False`` keeps the shards disjoint (evaluation). ``None`` means
             ``shuffle``.
+        steps_per_batch: With ``K > 1`` each item is a list of up to ``K`` consecutive batches (a step
+            group); with 1 (default) each item is one ``(images, targets)`` batch.
 
     Raises:
         TypeError: If ``images`` or ``targets`` is not a tensor.
@@ -120,7 +125,7 @@ class InMemoryBatchLoader:
         trainer.fit(model, train_dataloaders=loader)
     """
 
-    # Lightning's `_is_dataloader_shuffled` reads `loader.batch_sampler` whenever `loader.sampler` exists.
+    # Like a DataLoader's: Lightning reads `batch_sampler` beside `sampler` to tell whether a loader shuffles.
     batch_sampler: None = None
 
     def __init__(
@@ -135,6 +140,7 @@ class InMemoryBatchLoader:
         num_replicas: int = 1,
         rank: int = 0,
         pad_shards: bool | None = None,
+        steps_per_batch: int = 1,
     ) -> None:
         for name, tensor in (("images", images), ("targets", targets)):
             if not isinstance(tensor, Tensor):
@@ -160,13 +166,14 @@ class InMemoryBatchLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.pad_shards = self.shuffle if pad_shards is None else bool(pad_shards)
+        self.steps_per_batch = _check_int("steps_per_batch", steps_per_batch, minimum=1)
 
         self._images = images
         self._targets = targets
         self._epoch = 0
-        # Position in epoch `_epoch`: batches yielded so far by the pass that owns `_pass_id`.
+        # Position in epoch `_epoch`: items yielded so far by the pass that owns `_pass_id`.
         self._consumed = 0
-        # Set by `load_state_dict`: the next pass of `_epoch` starts at batch `_consumed`.
+        # Set by `load_state_dict`: the next pass of `_epoch` starts at item `_consumed`.
         self._resume_pending = False
         self._pass_id = 0
         self._sampler = _LoaderSampler(self)
@@ -216,17 +223,26 @@ class InMemoryBatchLoader:
             return math.ceil(n / self.num_replicas)
         return len(range(self.rank, n, self.num_replicas))
 
-    def __len__(self) -> int:
-        """Batches per epoch for this rank (the full epoch, also while a resumed pass is pending)."""
+    @property
+    def num_batches(self) -> int:
+        """Batches of ``batch_size`` per epoch for this rank (optimizer steps, with step groups)."""
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    def __len__(self) -> int:
+        """Items (batches, or groups of ``steps_per_batch`` batches) per epoch for this rank.
+
+        The full epoch, also while a resumed pass is pending.
+        """
+        return math.ceil(self.num_batches / self.steps_per_batch)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(samples={self._images.shape[0]}, batch_size={self.batch_size},"
             f" shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last},"
             f" num_replicas={self.num_replicas}, rank={self.rank}, pad_shards={self.pad_shards},"
+            f" steps_per_batch={self.steps_per_batch},"
             f" device={self.device}, epoch={self._epoch})"
         )
 
@@ -277,44 +293,46 @@ class InMemoryBatchLoader:
     # ----------------------------------------------------------------------------------------------
     # Iteration
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Starts a pass over this rank's batches of the current epoch.
+    def __iter__(self) -> Iterator[Any]:
+        """Starts a pass over this rank's batches (or step groups) of the current epoch.
 
-        The epoch and the start batch are read when the first batch is taken, so ``set_epoch`` and
+        The epoch and the start item are read when the first item is taken, so ``set_epoch`` and
         ``load_state_dict`` may come between ``iter()`` and the first ``next()``. Only one pass at a
-        time is tracked for :meth:`state_dict`: the one that most recently took its first batch.
+        time is tracked for :meth:`state_dict`: the one that most recently took its first item.
 
         Returns:
-            An iterator of ``(images, targets)`` batches, each with the held tensors' device and dtype.
+            An iterator of ``(images, targets)`` batches, each with the held tensors' device and dtype;
+            with ``steps_per_batch > 1``, of lists of up to ``steps_per_batch`` such batches.
         """
         if not self._resume_pending:
             self._consumed = 0
-        return self._batches()
+        return self._items()
 
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _items(self) -> Iterator[Any]:
         self._pass_id += 1
         pass_id = self._pass_id
         start = self._consumed if self._resume_pending else 0
         self._resume_pending = False
         self._consumed = start
-        num_batches = len(self)
-        bs = self.batch_size
+        bs, group = self.batch_size, self.steps_per_batch
+        end = self.num_batches * bs if self.drop_last else self.num_samples  # samples this epoch
         images, targets = self._images, self._targets
-
-        if not self.shuffle and self.num_replicas == 1:
-            # The order is 0..N-1: contiguous slices are views, no index and no copy.
-            for b in range(start, num_batches):
-                if self._pass_id == pass_id:
-                    self._consumed = b + 1
-                yield images[b * bs : (b + 1) * bs], targets[b * bs : (b + 1) * bs]
-            return
-
-        index = self.epoch_indices().to(images.device, non_blocking=True)
-        for b in range(start, num_batches):
-            batch_index = index[b * bs : (b + 1) * bs]
+        # The order is 0..N-1 when neither shuffled nor sharded: contiguous slices are views, no copy.
+        index = None
+        if self.shuffle or self.num_replicas > 1:
+            index = self.epoch_indices().to(images.device, non_blocking=True)
+        for item in range(start, len(self)):
+            lo, hi = item * group * bs, min((item + 1) * group * bs, end)
             if self._pass_id == pass_id:
-                self._consumed = b + 1
-            yield images.index_select(0, batch_index), targets.index_select(0, batch_index)
+                self._consumed = item + 1
+            if index is None:
+                x, y = images[lo:hi], targets[lo:hi]
+            else:
+                x, y = images.index_select(0, index[lo:hi]), targets.index_select(0, index[lo:hi])
+            if group == 1:
+                yield x, y
+            else:
+                yield list(zip(x.split(bs), y.split(bs), strict=True))
 
     # ----------------------------------------------------------------------------------------------
     # Checkpointing
@@ -322,7 +340,8 @@ class InMemoryBatchLoader:
     def state_dict(self) -> dict[str, Any]:
         """The position to resume from: epoch, seed and batches of that epoch already yielded.
 
-        The configuration that fixes the order (split size, batch size, shuffling, sharding) is saved
+        ``batches_consumed`` and ``num_batches`` count items (step groups when ``steps_per_batch > 1``).
+        The configuration that fixes the order (split size, batch size, group size, shuffling, sharding) is saved
         too and checked by :meth:`load_state_dict`. ``rank`` is not saved: Lightning writes rank 0's
         state and every rank loads it, which is right because padded training shards all advance in
         step. Every value is a plain ``int`` or ``bool``.
@@ -336,6 +355,7 @@ class InMemoryBatchLoader:
             "epoch": self._epoch,
             "batches_consumed": self._consumed,
             "num_batches": len(self),
+            "steps_per_batch": self.steps_per_batch,
             "dataset_size": int(self._images.shape[0]),
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
@@ -356,7 +376,7 @@ class InMemoryBatchLoader:
         Raises:
             ValueError: If ``state`` is malformed.
             LoaderStateError: (a ``ValueError``) If ``state`` was saved by a loader with a different split
-                size, batch size, shuffling, ``drop_last`` or sharding (its positions would mean other samples).
+                size, batch size, group size, shuffling, ``drop_last`` or sharding (its positions would mean other samples).
         """
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict from InMemoryBatchLoader.state_dict(), got {type(state)}")
@@ -368,6 +388,7 @@ class InMemoryBatchLoader:
         expected = {
             "dataset_size": int(self._images.shape[0]),
             "batch_size": self.batch_size,
+            "steps_per_batch": self.steps_per_batch,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
             "num_replicas": self.num_replicas,

@@ -1,23 +1,29 @@
 """The LightningModule: network, loss, metrics, optimizer and LR scheduler from plain hyperparameters.
 
-Every constructor argument is a plain number, string or list, and all of them are saved with
-``save_hyperparameters``, so ``MNISTClassifier.load_from_checkpoint(path, weights_only=True)``
-rebuilds the trained model with no other argument. The module knows nothing of files or flags.
+Every hyperparameter is a plain number, string or list, saved with ``save_hyperparameters``, so
+``MNISTClassifier.load_from_checkpoint(path, weights_only=True)`` rebuilds the trained model with no
+other argument. The module knows nothing of files, flags or the datamodule.
+
+With the default ``steps_per_batch=1`` it is an ordinary LightningModule: one optimizer step per
+training batch, Lightning's automatic optimization, every hook, scheduler and Trainer flag as
+Lightning's documentation describes. ``steps_per_batch=K > 1`` is the fast path (see
+:mod:`lit_mnist.groups`): each training batch is a *step group* of ``K`` batches and
+:meth:`MNISTClassifier.training_group` takes their ``K`` optimizer steps with Lightning's manual
+optimization, so Lightning's per-batch work is paid once per ``K`` steps.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from lightning.pytorch.utilities.types import LRSchedulerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -25,9 +31,22 @@ from torchmetrics.classification import MulticlassAccuracy
 from lit_mnist.errors import ConfigError
 from lit_mnist.networks import CNN, MLP
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
-MODELS = ("mlp", "cnn")
+Model = Literal["mlp", "cnn"]
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+Scheduler = Literal["none", "step", "cosine", "onecycle"]
+MODELS: tuple[str, ...] = get_args(Model)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+
+#: Module hooks that Lightning calls only with automatic optimization and a step group cannot call
+#: in their place (the others, ``optimizer_step``, ``optimizer_zero_grad``, ``on_before_zero_grad``
+#: and ``lr_scheduler_step``, are called by :meth:`MNISTClassifier.training_group` at every step).
+NOT_IN_STEP_GROUPS = ("training_step", "configure_gradient_clipping")
+
+#: The key of the checkpoint entry that records how the run took its optimizer steps.
+CHECKPOINT_KEY = "lit_mnist"
+
+Batch = Sequence[Tensor]  # (images, targets)
 
 
 class MNISTClassifier(L.LightningModule):
@@ -35,7 +54,7 @@ class MNISTClassifier(L.LightningModule):
 
     To change the network, override :meth:`build_network`; to change the optimizer or schedule,
     override :meth:`configure_optimizers`. Number of classes and input shape come from the
-    hyperparameters (the CLI takes them from the datamodule).
+    hyperparameters (the command line takes them from the datamodule).
 
     Args:
         model: ``"mlp"`` (the classic 784-128-64-10 network) or ``"cnn"``.
@@ -52,24 +71,30 @@ class MNISTClassifier(L.LightningModule):
         step_size: Epochs between decays of the ``step`` scheduler.
         gamma: Decay factor of the ``step`` scheduler.
         label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
+        steps_per_batch: Optimizer steps per training batch. 1 (the default): Lightning's automatic
+            optimization, one step per batch. ``K > 1``: each training batch must be a step group, a
+            list of up to ``K`` ``(images, targets)`` batches (``MNISTDataModule(steps_per_batch=K)``),
+            and :meth:`training_group` takes their steps with manual optimization. Not a
+            hyperparameter: a checkpoint loads with 1, whatever the run used.
     """
 
     def __init__(
         self,
-        model: str = "mlp",
+        model: Model = "mlp",
         hidden_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
         num_classes: int = 10,
         input_shape: Sequence[int] = (1, 28, 28),
-        optimizer: str = "sgd",
+        optimizer: Optimizer = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
-        scheduler: str = "none",
+        scheduler: Scheduler = "none",
         step_size: int = 5,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         _check_choice("model", model, MODELS)
@@ -89,11 +114,28 @@ class MNISTClassifier(L.LightningModule):
             raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
         if not 0 <= label_smoothing < 1:
             raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
+        if steps_per_batch < 1:
+            raise ConfigError("steps_per_batch", f"must be >= 1, got {steps_per_batch}")
+        if steps_per_batch > 1:
+            for hook in NOT_IN_STEP_GROUPS:
+                parent = MNISTClassifier if hook == "training_step" else L.LightningModule
+                if is_overridden(hook, self, parent):
+                    why = (
+                        "step groups take their steps in MNISTClassifier.training_group instead"
+                        if hook == "training_step"
+                        else "Lightning calls it only with automatic optimization (one step per batch)"
+                    )
+                    raise ConfigError(
+                        "steps_per_batch",
+                        f"must be 1 for {type(self).__name__}, which overrides {hook}: {why}; got {steps_per_batch}",
+                    )
         # Plain lists, not tuples: hparams.yaml and weights_only loading stay simple.
         # save_hyperparameters reads the current values of the arguments from this frame.
         hidden_sizes = [int(h) for h in hidden_sizes]
         input_shape = [int(d) for d in input_shape]
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["steps_per_batch"])
+        self.steps_per_batch = steps_per_batch
+        self.automatic_optimization = steps_per_batch == 1
 
         self.net = self.build_network()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -107,149 +149,6 @@ class MNISTClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
-
-    # Step groups (see `automatic_optimization`): the trainer the decision was made for, and the decision.
-    _groups_for: Any = None
-    _groups: bool = False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` around every hook it calls, about 50 times per training
-        # step, and ``nn.Module.__setattr__`` first looks the name up among parameters, buffers and
-        # submodules. The value is always a string or None, which nn.Module would store as a plain
-        # attribute anyway: storing it directly saved ~0.09 s of a ~1.9 s epoch (A/B in one process,
-        # 2-core CPU, batch 64).
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    # ------------------------------------------------------------------ step groups
-    @property
-    def trains_step_groups(self) -> bool:
-        """Whether this module can take several optimizer steps per training batch (step groups).
-
-        True unless a subclass overrides :meth:`training_step` (its batches stay one step each), sets
-        ``automatic_optimization = False`` itself, or overrides a hook that only Lightning's automatic
-        optimization calls (``optimizer_step``, e.g. a learning-rate warm-up; ``optimizer_zero_grad``,
-        ``on_before_zero_grad``, ``configure_gradient_clipping``, ``lr_scheduler_step``).
-        """
-        return (
-            not is_overridden("training_step", self, MNISTClassifier)
-            and self._automatic_optimization
-            and not any(is_overridden(hook, self, L.LightningModule) for hook in AUTOMATIC_ONLY_HOOKS)
-        )
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Like Lightning's own `_trainer`: a pickled or deep-copied module holds no trainer.
-        state = super().__getstate__()
-        state.pop("_groups_for", None)
-        state.pop("_groups", None)
-        return state
-
-    @property
-    def automatic_optimization(self) -> bool:
-        """False while fitting with step groups: the datamodule's training batches hold
-        ``steps_per_batch`` batches of ``batch_size`` and :meth:`training_step` steps through them
-        (see ``MNISTDataModule.steps_per_batch``). Lightning's automatic optimization otherwise.
-
-        Lightning reads this several times per step, so the decision is made once per trainer.
-        """
-        trainer = self._trainer
-        if trainer is not self._groups_for:
-            datamodule = getattr(trainer, "datamodule", None)  # the decision is the datamodule's
-            groups = getattr(datamodule, "groups_steps", None)
-            object.__setattr__(self, "_groups", bool(callable(groups) and groups()))
-            object.__setattr__(self, "_groups_for", trainer)
-        return self._automatic_optimization and not self._groups
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        self._automatic_optimization = value
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Carry the optimizer step count across a change between step groups and one step per batch.
-
-        Lightning keeps ``global_step`` in the progress of the optimization loop in use (automatic or
-        manual), so a run resumed in the other mode (``--steps-per-batch 1``, clipping, ...) would
-        restart its step count at 0. The count is copied to the loop this fit uses (in place: Lightning
-        restores the loops from this dict afterwards).
-        """
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        automatic = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
-        manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
-        if not automatic.get("step") or not manual or self._trainer is None:
-            return
-        source, target = (
-            (automatic["step"], manual) if not self.automatic_optimization else (manual, automatic["step"])
-        )
-        if target["total"]["completed"] == 0 and source["total"]["completed"] > 0:
-            for part in ("total", "current"):
-                target[part] = {"ready": source[part]["completed"], "completed": source[part]["completed"]}
-
-    def _training_group(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """The optimizer steps of a group of batches, in order: what one step per batch would do.
-
-        The same forward, loss, ``zero_grad``, backward, optimizer and scheduler steps as Lightning's
-        automatic optimization, with ``manual_backward`` (precision, DDP gradient averaging) and the
-        LightningOptimizer (``global_step``), per batch of the datamodule's ``batch_size``.
-        """
-        trainer: Any = self.trainer
-        size = int(trainer.datamodule.batch_size)
-        images, targets = batch
-        # normally done by MNISTDataModule.on_before_batch_transfer, before the callbacks see the batch
-        count_step_group(trainer, math.ceil(targets.shape[0] / size))
-        optimizer: Any = self.optimizers()
-        per_step = [
-            c for c in trainer.lr_scheduler_configs if c.interval == "step" and not c.reduce_on_plateau
-        ]
-        progress = _plain_step_progress(trainer, self)
-        losses, outputs = [], []
-        for x, y in zip(images.split(size), targets.split(size), strict=True):
-            logits = self(x)
-            loss = self.criterion(logits, y)
-            outputs.append(logits.detach())
-            losses.append(loss.detach())
-            optimizer.zero_grad()
-            if progress is None:
-                self.manual_backward(loss)
-                optimizer.step()
-            else:  # what the two calls above come to when none of their hooks does anything
-                loss.backward()
-                progress.increment_ready()
-                optimizer.optimizer.step()
-                progress.increment_completed()
-            if per_step:
-                _step_schedulers(per_step, trainer.global_step)
-        # One metric update per group, from the group's top-1 predictions: the same count as an update
-        # per step, and torchmetrics' update costs ~0.15 ms on a CPU, a tenth of a step at batch 64.
-        self.train_acc.update(torch.cat(outputs).argmax(dim=-1), targets)
-        if self._logs_this_step():  # the last step's loss, as one step per batch logs it
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch or progress.current.ready == trainer.num_training_batches:
-            per_epoch = [
-                c for c in trainer.lr_scheduler_configs if c.interval == "epoch" and not c.reduce_on_plateau
-            ]
-            _step_schedulers(per_epoch, trainer.current_epoch + 1)
-        # the mean loss over the group's samples: what callbacks (NaN guard, curves) read per batch
-        # (every step has `size` samples but perhaps the last; no host-to-device copy for the weights)
-        total = torch.stack(losses).sum() * size + losses[-1] * (len(outputs[-1]) - size)
-        return total / targets.shape[0]
-
-    def _total_steps(self) -> int:
-        """Optimizer steps of the whole fit (the length of the cosine and one-cycle schedules)."""
-        trainer: Any = self.trainer
-        total = trainer.estimated_stepping_batches  # in training batches; sets up the training data
-        if not self.automatic_optimization:  # step groups: each batch holds train_steps_per_batch steps
-            if trainer.max_epochs not in (None, -1):
-                total = (
-                    trainer.num_training_batches
-                    * trainer.datamodule.train_steps_per_batch
-                    * trainer.max_epochs
-                )
-            if trainer.max_steps != -1:
-                total = min(total, trainer.max_steps)
-        return max(int(total), 1)
 
     def build_network(self) -> nn.Module:
         """Return the network that maps images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
@@ -270,30 +169,113 @@ class MNISTClassifier(L.LightningModule):
         """Return the logits for a batch of normalised images (cast to the weights' dtype, e.g. bf16-true)."""
         return self.net(x.to(self.dtype))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Return the loss; ``train/loss`` is logged on the steps the logger writes (lean: see below).
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Return the loss of one batch and log it as ``train/loss``; train accuracy is logged per epoch.
 
-        Lean on purpose (issue 3's profile): ``self.log`` costs about 0.8 ms per call on a CPU, as much
-        as the whole forward and backward of a batch of 64, so ``train/loss`` is logged only on the
-        steps the logger writes anyway (every ``log_every_n_steps``: the same points in TensorBoard)
-        and train accuracy is only accumulated here (``update``, no per-batch ``compute``) and logged
-        once per epoch in :meth:`on_train_epoch_end`.
+        With ``steps_per_batch > 1`` the batch is a step group: see :meth:`training_group`.
         """
         if not self.automatic_optimization:
-            return self._training_group(batch)
-        x, y = batch
+            return self.training_group(batch, batch_idx)
+        x, y = _plain_batch(batch, self.steps_per_batch)
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_acc.update(logits.detach(), y)
-        if self._logs_this_step():
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _logs_this_step(self) -> bool:
-        """True on the training steps whose logged values reach the logger (and at the end of a run)."""
-        trainer = self._trainer
-        # Lightning's own test of whether this step's logged values are written (every log_every_n_steps)
-        return trainer is not None and bool(trainer._logger_connector.should_update_logs)
+    def training_group(self, group: Sequence[Batch], batch_idx: int) -> Tensor:
+        """Take the optimizer steps of a step group, one per batch, as automatic optimization would.
+
+        For each batch, in order: a closure runs the forward pass and the loss, then
+        ``on_before_zero_grad`` and ``optimizer_zero_grad`` (which clears the gradients) and
+        ``manual_backward``; the ``optimizer_step`` hook takes the step with that closure (so an
+        override, e.g. a learning-rate warm-up, works as with one step per batch); per-step
+        schedulers are stepped through ``lr_scheduler_step``, per-epoch ones after the epoch's last
+        step. The hooks get the step's index within the epoch as ``batch_idx``, as they would with
+        one step per batch, and ``trainer.global_step`` counts every optimizer step.
+
+        ``train/loss`` is the loss of the group's last step (what one step per batch logs at that
+        step); train accuracy is updated once per group. Returns the mean loss over the group's
+        samples, which callbacks see as this batch's loss.
+        """
+        if not group or isinstance(group[0], Tensor):
+            raise ConfigError(
+                "steps_per_batch",
+                f"is {self.steps_per_batch} but the training batch is not a step group (a list of "
+                "(images, targets) batches): give the datamodule the same steps_per_batch as the module",
+            )
+        trainer = self.trainer
+        optimizer: Any = self.optimizers()
+        epoch = trainer.current_epoch
+        configs = trainer.lr_scheduler_configs
+        first = batch_idx * self.steps_per_batch  # the index of the group's first step in the epoch
+        losses, preds, sizes = [], [], []
+        for offset, (x, y) in enumerate(group):
+            step = first + offset
+            closure = _StepClosure(self, x, y, optimizer, epoch, step)
+            self.optimizer_step(epoch, step, optimizer, closure)
+            losses.append(closure.loss)
+            preds.append(closure.preds)
+            sizes.append(len(y))
+            self._step_schedulers(configs, "step", step + 1)
+        self.train_acc.update(torch.cat(preds), torch.cat([y for _, y in group]))
+        self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
+        if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last group
+            self._step_schedulers(configs, "epoch", epoch + 1)
+        stacked = torch.stack(losses)
+        if len(set(sizes)) == 1:
+            return stacked.mean()
+        weights = torch.tensor(sizes, dtype=stacked.dtype).to(stacked.device, non_blocking=True)
+        return (stacked * weights).sum() / sum(sizes)
+
+    def _step_schedulers(self, configs: Sequence[LRSchedulerConfig], interval: str, count: int) -> None:
+        """Step the schedulers of ``interval`` whose frequency divides ``count``, as Lightning's loop does.
+
+        ``count`` is the step's number within the epoch (from 1) or the number of epochs done.
+        Plateau schedulers step with their monitored value, per step here and per epoch in
+        :meth:`on_train_epoch_end`.
+        """
+        for config in configs:
+            if config.interval != interval or count % config.frequency:
+                continue
+            if not config.reduce_on_plateau:
+                self.lr_scheduler_step(config.scheduler, None)
+            elif interval == "step":
+                self._step_plateau(config)
+
+    def _step_plateau(self, config: LRSchedulerConfig) -> None:
+        value = self.trainer.callback_metrics.get(str(config.monitor))
+        if value is None:
+            if config.strict:
+                raise MisconfigurationException(
+                    f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available. "
+                    f"Available metrics are: {list(self.trainer.callback_metrics)}."
+                )
+            return
+        self.lr_scheduler_step(config.scheduler, value)
+
+    def on_fit_start(self) -> None:
+        if self.automatic_optimization:
+            return
+        trainer = self.trainer
+        if len(trainer.optimizers) != 1:
+            raise ConfigError(
+                "steps_per_batch",
+                f"must be 1 when configure_optimizers returns {len(trainer.optimizers)} optimizers "
+                f"(a step group steps one); got {self.steps_per_batch}",
+            )
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if is_overridden("on_before_zero_grad", callback, L.Callback):
+                raise ConfigError(
+                    "steps_per_batch",
+                    f"must be 1 with the callback {type(callback).__name__}: it has on_before_zero_grad, which "
+                    f"Lightning calls on callbacks only with one step per batch; got {self.steps_per_batch}",
+                )
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation before training: that accuracy is not a result.
+        self.val_acc_best.reset()
 
     def on_train_epoch_end(self) -> None:
         # compute() reduces across DDP ranks; reset for the next epoch. An epoch may have no step in
@@ -301,12 +283,42 @@ class MNISTClassifier(L.LightningModule):
         if self.train_acc.update_count > 0:
             self.log("train/acc", self.train_acc.compute())
         self.train_acc.reset()
+        if not self.automatic_optimization:
+            epochs = self.current_epoch + 1
+            for config in self.trainer.lr_scheduler_configs:
+                if config.reduce_on_plateau and config.interval == "epoch" and epochs % config.frequency == 0:
+                    self._step_plateau(config)
 
-    def on_train_start(self) -> None:
-        # The sanity check ran validation before training: that accuracy is not a result.
-        self.val_acc_best.reset()
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"steps_per_batch": self.steps_per_batch}
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume training with another ``steps_per_batch`` than the checkpoint's run.
+
+        Lightning counts the optimizer steps of automatic and manual optimization apart, and its
+        logging step in training batches: a run resumed with another group size would restart its
+        step count, or log at other steps. Loading weights (testing, ``load_from_checkpoint``) is
+        always fine.
+        """
+        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("steps_per_batch")
+        if saved is None or saved == self.steps_per_batch or not self._fitting():
+            return
+        raise ConfigError(
+            "steps_per_batch",
+            f"the checkpoint was written by a run with {saved} optimizer step(s) per training batch and this run "
+            f"takes {self.steps_per_batch}: Lightning would restart or shift its step count. Resume with the "
+            "settings the run was started with",
+        )
+
+    def _fitting(self) -> bool:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer: load_from_checkpoint
+            return False
+        return trainer is not None and trainer.state.fn == TrainerFn.FITTING
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the validation metrics; return ``{"preds": class indices}`` for callbacks (images, confusion)."""
         x, y = batch
         logits = self(x)
@@ -316,15 +328,15 @@ class MNISTClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # The metric objects are logged once per epoch, here, not in every validation_step: Lightning
-        # moves a logged Metric to the value's device at each self.log call (~0.3 ms on a CPU, as
-        # much as the forward of a batch); it computes (synced across DDP ranks) and resets them
-        # after this hook, as when they are logged per step with on_epoch=True.
+        # computes (synced across DDP ranks) and resets them after this hook, with the same values as
+        # when they are logged per step with on_epoch=True, and without a move of the metric to the
+        # device at every self.log call.
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the test metrics; return ``{"preds": class indices}`` for callbacks."""
         x, y = batch
         logits = self(x)
@@ -336,11 +348,12 @@ class MNISTClassifier(L.LightningModule):
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)  # once, as in validation
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
-    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
+    def predict_step(self, batch: Tensor | Batch, batch_idx: int) -> Tensor:
         """Return class probabilities ``(N, num_classes)`` for a batch of images (labels ignored)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(dim=-1)
 
+    # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
         hp: Any = self.hparams
         params = self.parameters()
@@ -366,10 +379,10 @@ class MNISTClassifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
             interval = "epoch"
         elif hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps())
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps())
         else:
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=self._total_steps()
+                optimizer, max_lr=hp.lr, total_steps=self.total_steps()
             )
         config: OptimizerLRSchedulerConfig = {
             "optimizer": optimizer,
@@ -377,70 +390,65 @@ class MNISTClassifier(L.LightningModule):
         }
         return config
 
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole fit: the length of the cosine and one-cycle schedules.
 
-def _step_schedulers(configs: Sequence[Any], count: int) -> None:
-    """What Lightning's loop does after a step (count: global_step) or an epoch (count: epochs done)."""
-    for config in configs:
-        if count % config.frequency == 0:
-            config.scheduler.step()
+        Lightning's ``estimated_stepping_batches`` counts training batches; a step group holds
+        ``steps_per_batch`` steps.
+        """
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches  # sets up the training data, so the counts below exist
+        if self.steps_per_batch > 1:
+            epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+            total = trainer.num_training_batches * self.steps_per_batch * epochs
+            if trainer.max_steps != -1:
+                total = min(total, trainer.max_steps)
+        if not math.isfinite(total):
+            raise ConfigError(
+                "scheduler",
+                f"{self.hparams['scheduler']} needs the length of the run: set max_epochs or max_steps",
+            )
+        return max(int(total), 1)
 
 
-#: LightningModule hooks that Lightning's automatic optimization calls at every step and manual
-#: optimization (step groups) does not
-AUTOMATIC_ONLY_HOOKS = (
-    "optimizer_step",
-    "optimizer_zero_grad",
-    "on_before_zero_grad",
-    "configure_gradient_clipping",
-    "lr_scheduler_step",
-)
+class _StepClosure:
+    """One step of a group as an optimizer closure: forward, loss, the zero-grad hooks, backward.
 
-#: the hooks ``manual_backward`` and ``LightningOptimizer.step`` call on callbacks and the module
-_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
-def _plain_step_progress(trainer: Any, module: L.LightningModule) -> Any:
-    """Lightning's optimizer-step progress if a step group may step without Lightning's per-step hooks, else None.
-
-    With one device, full precision, no profiler and no callback or module code in the hooks that
-    ``manual_backward`` and ``LightningOptimizer.step`` call (``on_before_backward``, ``on_after_backward``,
-    ``on_before_optimizer_step``, ``backward``), those two calls come to ``loss.backward()``, the
-    optimizer's ``step()`` and the step count (``global_step``); their ~20 hook dispatches cost about
-    0.1 ms per step on a CPU, a tenth of a step at batch 64. Anything else (DDP's gradient averaging,
-    a precision plugin's scaling, a callback reading gradients) takes Lightning's path.
-
-    Called once per group, so the hooks are compared on the classes directly: Lightning's
-    ``is_overridden`` costs ~4.5 us a call here, ~40 calls per group.
+    After it has run, ``loss`` and ``preds`` hold the step's loss and top-1 predictions (detached).
     """
-    if (
-        type(trainer.strategy) is not SingleDeviceStrategy
-        or type(trainer.precision_plugin) is not Precision
-        or type(trainer.profiler) is not PassThroughProfiler
-        or type(module).backward is not L.LightningModule.backward
-    ):
-        return None
-    for name in _STEP_HOOKS:
-        if getattr(type(module), name) is not getattr(L.LightningModule, name):
-            return None
-        if any(getattr(type(cb), name) is not getattr(L.Callback, name) for cb in trainer.callbacks):
-            return None
-    loop = getattr(trainer.fit_loop.epoch_loop, "manual_optimization", None)
-    return getattr(loop, "optim_step_progress", None)
+
+    def __init__(
+        self, module: MNISTClassifier, x: Tensor, y: Tensor, optimizer: Any, epoch: int, step: int
+    ) -> None:
+        self.module, self.x, self.y, self.optimizer, self.epoch, self.step = (
+            module,
+            x,
+            y,
+            optimizer,
+            epoch,
+            step,
+        )
+        self.loss = self.preds = torch.empty(0)
+
+    def __call__(self) -> Tensor:
+        module = self.module
+        logits = module(self.x)
+        loss = module.criterion(logits, self.y)
+        self.loss, self.preds = loss.detach(), logits.detach().argmax(dim=-1)
+        module.on_before_zero_grad(self.optimizer)
+        module.optimizer_zero_grad(self.epoch, self.step, self.optimizer)
+        module.manual_backward(loss)
+        return loss
 
 
-def count_step_group(trainer: L.Trainer, steps: int) -> None:
-    """Move Lightning's logging step to the last optimizer step of a training batch of ``steps`` steps.
-
-    Lightning counts logging steps (``log_every_n_steps``, the x-axis of logged values) in training
-    batches and adds 1 after each. For a batch that holds a group of ``steps`` optimizer steps this
-    adds the other ``steps - 1`` before the batch, so that every value logged during it (by the
-    module, a learning-rate monitor or any callback) gets the step and the cadence it has with one
-    optimizer step per batch: the group's last step. Called once per batch; a second call changes
-    nothing (the count runs ahead of ``global_step`` only within a group).
-    """
-    loop = trainer.fit_loop.epoch_loop
-    if steps > 1 and loop._batches_that_stepped == trainer.global_step:
-        loop._batches_that_stepped += steps - 1
+def _plain_batch(batch: Any, steps_per_batch: int) -> Batch:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
+        return batch
+    raise ConfigError(
+        "steps_per_batch",
+        f"is {steps_per_batch} but the training batch is not an (images, targets) pair: a step group comes from "
+        "a datamodule with steps_per_batch > 1; give the module and the datamodule the same steps_per_batch",
+    )
 
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:

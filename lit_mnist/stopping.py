@@ -5,7 +5,8 @@ batch in flight, then raises ``SIGTERMException``, and every callback's ``on_exc
 ``ModelCheckpoint(save_on_exception=True)`` writes a checkpoint whose state is consistent with the
 batches seen. Ctrl-C, left alone, raises ``KeyboardInterrupt`` wherever the process happens to be
 (mid-backward, mid-step) and Lightning exits without a checkpoint. :class:`GracefulInterrupt` makes
-the first Ctrl-C behave like SIGTERM; a second Ctrl-C aborts at once.
+the first Ctrl-C behave like SIGTERM, by sending the process a SIGTERM that Lightning's own handler
+takes; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ class GracefulInterrupt(L.Callback):
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: Any = None
-        self._trainer: L.Trainer | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = trainer
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave Ctrl-C as it is
@@ -51,14 +50,14 @@ class GracefulInterrupt(L.Callback):
             self._previous = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        trainer = self._trainer
-        connector = getattr(trainer, "_signal_connector", None)
-        if connector is None or self.signal_name is not None:
+        # Lightning installs its SIGTERM handler for the length of a fit (on the main thread); without
+        # it SIGTERM would end the process at once.
+        lightning_stops = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if not lightning_stops or self.signal_name is not None:
             self._restore()
             raise KeyboardInterrupt
         self.signal_name = "SIGINT"
-        # Lightning checks this flag after each batch and stops there, as for SIGTERM.
-        connector.received_sigterm = True
+        signal.raise_signal(signal.SIGTERM)  # Lightning stops after the batch in flight
         print(
             "\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).",
             file=sys.stderr,
@@ -100,6 +99,7 @@ class LastCheckpoint(ModelCheckpoint):
     _training_started = False
 
     def __init__(self, every_n_train_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_train_steps or 0
         super().__init__(
             filename="last",
             monitor=None,
@@ -112,7 +112,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if pl_module.automatic_optimization or self._every_n_train_steps < 1:
+        if pl_module.automatic_optimization or self.every_n_steps < 1:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
         # Step groups run with manual optimization, for which Lightning warns that the checkpoint holds

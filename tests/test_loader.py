@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch import Tensor
 
 from lit_mnist.loader import InMemoryBatchLoader
@@ -123,13 +122,13 @@ def test_shuffling_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_sampler_dataset_and_lightning_set_sampler_epoch() -> None:
+def test_sampler_dataset_and_set_epoch_through_the_sampler() -> None:
     loader = _loader(10, 3, shuffle=True, seed=2, num_replicas=3, rank=1)
     assert len(loader.dataset) == 10
     assert len(loader.sampler) == loader.num_samples == 4
     assert len(loader) == 2
     assert loader.batch_sampler is None
-    _set_sampler_epoch(loader, 4)
+    loader.sampler.set_epoch(4)  # what Lightning calls at the start of an epoch
     assert loader.epoch == 4
     assert list(loader.sampler) == loader.epoch_indices(4).tolist()
     assert loader.to("cpu") is loader
@@ -234,7 +233,7 @@ def test_resume_in_lightnings_order_and_stale_state() -> None:
     resumed = _loader(23, 4, shuffle=True, seed=1)
     resumed.load_state_dict(state)
     it = iter(resumed)
-    _set_sampler_epoch(resumed, 0)
+    resumed.sampler.set_epoch(0)
     assert [y.tolist() for _, y in it] == full[2:]
 
     # Moving to another epoch discards the pending position.
@@ -290,13 +289,58 @@ def test_load_state_dict_rejects_bad_states() -> None:
     loader = _loader(12, 4, shuffle=True)
     with pytest.raises(ValueError, match="state was saved with dataset_size=13"):
         loader.load_state_dict(_loader(13, 4, shuffle=True).state_dict())
-    with pytest.raises(ValueError, match="state version must be 1"):
+    with pytest.raises(ValueError, match="state version must be 2"):
         loader.load_state_dict({"epoch": 1})
     state = loader.state_dict()
     with pytest.raises(ValueError, match=r"state\['batches_consumed'\] must be <= 3 batches, got 4"):
         loader.load_state_dict({**state, "batches_consumed": 4})
     with pytest.raises(ValueError, match="state is missing 'epoch'"):
         loader.load_state_dict({k: v for k, v in state.items() if k != "epoch"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Step groups
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(("shuffle", "replicas"), [(False, 1), (True, 1), (True, 2)])
+@pytest.mark.parametrize("group", [2, 3, 5])
+def test_groups_are_the_same_batches_k_at_a_time(
+    group: int, shuffle: bool, replicas: int, drop_last: bool
+) -> None:
+    kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": 5, "num_replicas": replicas, "drop_last": drop_last}
+    plain = _loader(23, 4, **kwargs)
+    grouped = _loader(23, 4, steps_per_batch=group, **kwargs)
+    plain.set_epoch(3)
+    grouped.set_epoch(3)
+    batches = _ids(plain)
+    groups = list(grouped)
+    assert len(groups) == len(grouped) == -(-len(batches) // group)
+    assert all(isinstance(g, list) and 1 <= len(g) <= group for g in groups)
+    assert all(len(g) == group for g in groups[:-1])  # only an epoch's last group may be short
+    assert [y.tolist() for g in groups for _, y in g] == batches
+    assert all(torch.equal(x.view(-1).long(), y) for g in groups for x, y in g)
+    assert grouped.num_batches == plain.num_batches == len(batches)
+
+
+def test_a_group_size_of_one_yields_plain_batches() -> None:
+    batch = next(iter(_loader(10, 4, steps_per_batch=1)))
+    assert isinstance(batch, tuple) and isinstance(batch[0], Tensor)
+
+
+def test_group_state_resumes_mid_epoch_and_refuses_another_group_size() -> None:
+    reference = _loader(50, 4, shuffle=True, seed=3, steps_per_batch=3)
+    full = [[y.tolist() for _, y in g] for g in reference]
+    loader = _loader(50, 4, shuffle=True, seed=3, steps_per_batch=3)
+    it = iter(loader)
+    taken = [[y.tolist() for _, y in next(it)] for _ in range(2)]
+    state = loader.state_dict()
+    assert state["batches_consumed"] == 2 and state["num_batches"] == len(full) == 5
+    resumed = _loader(50, 4, shuffle=True, seed=3, steps_per_batch=3)
+    resumed.load_state_dict(state)
+    assert taken + [[y.tolist() for _, y in g] for g in resumed] == full
+    with pytest.raises(ValueError, match="saved with steps_per_batch=3 but this loader has steps_per_batch=2"):
+        _loader(50, 4, shuffle=True, seed=3, steps_per_batch=2).load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------------------------
