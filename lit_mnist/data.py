@@ -92,7 +92,7 @@ class MNISTDataModule(L.LightningDataModule):
         loader: str = "memory",
         download: bool = True,
         seed: int = 0,
-        steps_per_batch: int = 10,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:

@@ -20,7 +20,6 @@ from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import LRSchedulerConfig, OptimizerLRSchedulerConfig
@@ -175,7 +174,7 @@ class MNISTClassifier(L.LightningModule):
 
         With ``steps_per_batch > 1`` the batch is a step group: see :meth:`training_group`.
         """
-        if not self.automatic_optimization:
+        if self.steps_per_batch > 1:
             return self.training_group(batch, batch_idx)
         x, y = _plain_batch(batch, self.steps_per_batch)
         logits = self(x)
@@ -190,9 +189,9 @@ class MNISTClassifier(L.LightningModule):
         For each batch, in order: a closure runs the forward pass and the loss, then
         ``on_before_zero_grad`` and ``optimizer_zero_grad`` (which clears the gradients) and
         ``manual_backward``; the ``optimizer_step`` hook takes the step with that closure (so an
-        override, e.g. a learning-rate warm-up, works as with one step per batch); per-step
-        schedulers are stepped through ``lr_scheduler_step``, per-epoch ones after the epoch's last
-        step. The hooks get the step's index within the epoch as ``batch_idx``, as they would with
+        override, e.g. a learning-rate warm-up, works as with one step per batch); schedulers with
+        ``interval="step"`` are stepped through ``lr_scheduler_step`` after each step, those with
+        ``interval="epoch"`` after the epoch's last step, each at its ``frequency``. The hooks get the step's index within the epoch as ``batch_idx``, as they would with
         one step per batch, and ``trainer.global_step`` counts every optimizer step.
 
         ``train/loss`` is the loss of the group's last step (what one step per batch logs at that
@@ -233,30 +232,13 @@ class MNISTClassifier(L.LightningModule):
         """Step the schedulers of ``interval`` whose frequency divides ``count``, as Lightning's loop does.
 
         ``count`` is the step's number within the epoch (from 1) or the number of epochs done.
-        Plateau schedulers step with their monitored value, per step here and per epoch in
-        :meth:`on_train_epoch_end`.
         """
         for config in configs:
-            if config.interval != interval or count % config.frequency:
-                continue
-            if not config.reduce_on_plateau:
+            if config.interval == interval and count % config.frequency == 0:
                 self.lr_scheduler_step(config.scheduler, None)
-            elif interval == "step":
-                self._step_plateau(config)
-
-    def _step_plateau(self, config: LRSchedulerConfig) -> None:
-        value = self.trainer.callback_metrics.get(str(config.monitor))
-        if value is None:
-            if config.strict:
-                raise MisconfigurationException(
-                    f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available. "
-                    f"Available metrics are: {list(self.trainer.callback_metrics)}."
-                )
-            return
-        self.lr_scheduler_step(config.scheduler, value)
 
     def on_fit_start(self) -> None:
-        if self.automatic_optimization:
+        if self.steps_per_batch == 1:
             return
         trainer = self.trainer
         if len(trainer.optimizers) != 1:
@@ -265,6 +247,13 @@ class MNISTClassifier(L.LightningModule):
                 f"must be 1 when configure_optimizers returns {len(trainer.optimizers)} optimizers "
                 f"(a step group steps one); got {self.steps_per_batch}",
             )
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                raise ConfigError(
+                    "steps_per_batch",
+                    "must be 1 with a ReduceLROnPlateau scheduler: step groups use manual optimization, in which "
+                    f"Lightning drops the scheduler's monitor; got {self.steps_per_batch}",
+                )
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if is_overridden("on_before_zero_grad", callback, L.Callback):
                 raise ConfigError(
@@ -283,11 +272,6 @@ class MNISTClassifier(L.LightningModule):
         if self.train_acc.update_count > 0:
             self.log("train/acc", self.train_acc.compute())
         self.train_acc.reset()
-        if not self.automatic_optimization:
-            epochs = self.current_epoch + 1
-            for config in self.trainer.lr_scheduler_configs:
-                if config.reduce_on_plateau and config.interval == "epoch" and epochs % config.frequency == 0:
-                    self._step_plateau(config)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"steps_per_batch": self.steps_per_batch}
@@ -318,6 +302,12 @@ class MNISTClassifier(L.LightningModule):
         return trainer is not None and trainer.state.fn == TrainerFn.FITTING
 
     # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        # Fresh metric states in this stage's grad mode: after a trainer.validate() (inference mode),
+        # states left from it could not be updated in place during fit.
+        self.val_loss.reset()
+        self.val_acc.reset()
+
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the validation metrics; return ``{"preds": class indices}`` for callbacks (images, confusion)."""
         x, y = batch
@@ -335,6 +325,10 @@ class MNISTClassifier(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_loss.reset()
+        self.test_acc.reset()
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the test metrics; return ``{"preds": class indices}`` for callbacks."""
