@@ -702,7 +702,7 @@ def _case_full_run(
     import logging
     import tempfile
 
-    from lit_mnist.cli import build_datamodule, build_model, build_trainer, parse_args
+    from lit_mnist.cli.train import build_datamodule, build_model, build_trainer, parse_args
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="lit_mnist_bench_") as log_dir:

@@ -2,7 +2,7 @@
 
 import sys
 
-from lit_mnist.inference import evaluate_main
+from lit_mnist.cli.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(evaluate_main())
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from lit_mnist.inference import export_main
+from lit_mnist.cli.export import main
 
 if __name__ == "__main__":
-    sys.exit(export_main())
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from lit_mnist.inference import predict_main
+from lit_mnist.cli.predict import main
 
 if __name__ == "__main__":
-    sys.exit(predict_main())
+    sys.exit(main())

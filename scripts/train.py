@@ -2,7 +2,7 @@
 
 import sys
 
-from lit_mnist.cli import train_main
+from lit_mnist.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

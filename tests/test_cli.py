@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_mnist.cli import get_parser, parse_args, parse_devices, train_main
+from lit_mnist.cli.train import get_parser, parse_args, parse_devices, train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

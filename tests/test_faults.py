@@ -8,7 +8,7 @@ import fsspec.implementations.local
 import pytest
 import torch
 
-from lit_mnist.cli import train_main
+from lit_mnist.cli.train import train_main
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -17,18 +17,14 @@ import torch
 from PIL import Image
 
 from lit_mnist import MNISTClassifier
-from lit_mnist.cli import main, train_main
-from lit_mnist.inference import (
-    evaluate_main,
-    export_main,
-    fit_digit,
-    load_checkpoint,
-    predict_main,
-    prepare_image,
-    read_grayscale,
-    run_exported,
-    should_invert,
-)
+from lit_mnist.checkpoints import load_checkpoint
+from lit_mnist.cli import main
+from lit_mnist.cli.evaluate import main as evaluate_main
+from lit_mnist.cli.export import main as export_main
+from lit_mnist.cli.predict import main as predict_main
+from lit_mnist.cli.train import train_main
+from lit_mnist.export import run_exported
+from lit_mnist.images import fit_digit, prepare_image, read_grayscale, should_invert
 from tests.conftest import make_digits, shrunk_args, write_tiny_mnist
 
 COMMANDS = {"evaluate": evaluate_main, "predict": predict_main, "export": export_main}

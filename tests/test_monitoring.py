@@ -27,7 +27,7 @@ from lit_mnist.callbacks import (
     TrainingCurves,
     _confusion_matrix_metric,
 )
-from lit_mnist.cli import build_trainer, parse_args, train_main
+from lit_mnist.cli.train import build_trainer, parse_args, train_main
 
 SCALARS = (
     "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc",

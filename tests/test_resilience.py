@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
-from lit_mnist.cli import parse_args, train_main
+from lit_mnist.cli.train import parse_args, train_main
 from lit_mnist.stopping import GracefulInterrupt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_step_checkpoints(run_args: list[str], tmp_path: Path) -> None:
             if path.exists():
                 seen.append(torch.load(path, weights_only=True)["global_step"])
 
-    from lit_mnist import cli
+    from lit_mnist.cli import train as cli
 
     build = cli.build_trainer
 

@@ -1,4 +1,4 @@
-"""Command line: flags and config file -> checked config -> datamodule, module, Trainer -> results.
+"""``train``: flags and config file -> checked config -> datamodule, module, Trainer -> results.
 
 ``python scripts/train.py`` and ``lit-mnist train`` both end up in :func:`train_main`. The flags
 are flat (``--lr``, ``--max-epochs``); ``--config FILE.yaml`` takes the same names as keys (dashes
@@ -20,7 +20,7 @@ import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import lightning as L
 import torch
@@ -40,6 +40,8 @@ from lit_mnist.callbacks import (
     TrainingCurves,
     written_figures,
 )
+from lit_mnist.checkpoints import CONFIG_NAME, check_resumable
+from lit_mnist.cli.common import one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
 from lit_mnist.errors import (
     CheckpointError,
@@ -52,15 +54,9 @@ from lit_mnist.errors import (
     UsageError,
 )
 from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
+from lit_mnist.runtime import ACCELERATORS, PRECISION_ALIASES, PRECISIONS, check_accelerator
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = (
-    "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64",
-)  # fmt: skip
-#: Lightning's short forms, passed on as the names it recommends.
-PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
-CONFIG_NAME = "config.yaml"
 RESULTS_NAME = "results.json"
 #: Set by the launching process so that DDP's re-launched processes log into the same run folder.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
@@ -215,43 +211,12 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Nam
         cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         check_config(cfg)
     except ArgumentError as err:
-        usage_exit(prog, _one_line(str(err), argv))
+        usage_exit(prog, one_line(str(err), argv))
     except UsageError as err:
         usage_exit(prog, str(err))
     except ConfigError as err:
         usage_exit(prog, f"{err.flag} {err.message}")
     return cfg
-
-
-def usage_exit(prog: str, message: str) -> NoReturn:
-    """Print ``prog: error: message`` to stderr and exit with status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _one_line(message: str, argv: Sequence[str] | None) -> str:
-    """Turn one of jsonargparse's (often multi-line) messages into one line naming the flag."""
-    flag = lambda key: "--" + key.replace("_", "-")  # noqa: E731
-    args = list(sys.argv[1:] if argv is None else argv)
-    config = f"--config {args[args.index('--config') + 1]}" if "--config" in args[:-1] else "--config"
-    if m := re.match(r"argument (--[\w-]+): invalid choice: (\S+) \(choose from (.*)\)", message):
-        return f"{m[1]} must be one of {m[3].replace(chr(39), '')}; got {m[2]}"
-    if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):
-        return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]}, got {m[3].strip()!r}"
-    if m := re.match(r'Parser key "(\w+)":.*Given value: (.*)', message, re.S):
-        return f"{flag(m[1])} got an invalid value {m[2].strip()!r}; see --help for what it accepts"
-    if m := re.match(r'Parser key "config": (.*)', message, re.S):
-        return f"--config: {m[1].strip().splitlines()[0]}"
-    if m := re.match(r"Option '([\w-]+)' is not accepted", message):
-        return f"{config}: unknown key '{m[1]}'; keys are the flags' names, e.g. max_epochs (see --help)"
-    if message.startswith("Problems parsing config"):
-        detail = " ".join(message.split(":", 1)[1].split())
-        return f"{config}: not valid YAML ({detail})"
-    if message.startswith("Unexpected config"):
-        return f"{config}: must be a YAML mapping of flag names to values, e.g. 'max_epochs: 3'"
-    if m := re.match(r'Parser key "(\w+)":\s*(.*)', message, re.S):
-        return f"{flag(m[1])}: {' '.join(m[2].split())}"
-    return " ".join(message.split())
 
 
 def check_config(cfg: Namespace) -> None:
@@ -302,12 +267,7 @@ def check_config(cfg: Namespace) -> None:
             f"--strategy {cfg.strategy!r} is not known; use auto, ddp, ddp_spawn, fsdp, deepspeed "
             "or another name in Lightning's StrategyRegistry"
         )
-    wants_gpu = cfg.accelerator in ("gpu", "cuda")
-    if wants_gpu and not torch.cuda.is_available():
-        raise UsageError(
-            f"--accelerator {cfg.accelerator}: no CUDA GPU is visible on this machine "
-            "(torch.cuda.is_available() is False); use --accelerator cpu or auto"
-        )
+    check_accelerator(cfg.accelerator)
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
     if cfg.precision in ("16-mixed", "16") and on_cpu:
         raise UsageError(
@@ -487,29 +447,6 @@ def _run_version(cfg: Namespace, ckpt_path: Path | None) -> int | None:
     return reserve_version(cfg.log_dir)
 
 
-def check_checkpoint(path: Path, model: MNISTClassifier) -> None:
-    """Load ``path`` safely (``weights_only=True``) and check it fits ``model``.
-
-    Raises:
-        CheckpointError: one line saying what is wrong with the file.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a pickle, forbidden global, ...
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable lit_mnist checkpoint ({detail[:200]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    if expected != found:
-        wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
-        raise CheckpointError(
-            f"{path} holds another model shape (first difference: {wrong[0]}); pass the flags it was trained "
-            f"with (see its run's {CONFIG_NAME}: --config)"
-        )
-
-
 def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any]:
     """Run fit then test on the best checkpoint; return the results (also written to ``results.json``).
 
@@ -523,7 +460,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     ckpt_path = None
     if cfg.ckpt_path is not None:
         ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
-        check_checkpoint(ckpt_path, model)
+        check_resumable(ckpt_path, model)
 
     version = _run_version(cfg, ckpt_path)
     owns_env = RUN_VERSION_ENV not in os.environ and version is not None
@@ -702,17 +639,6 @@ def _without_flag(args: list[str], flag: str) -> list[str]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lit-mnist train|evaluate|predict|export [flags]``: the installed console command."""
-    from lit_mnist.inference import evaluate_main, export_main, predict_main  # imports this module
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "train": train_main,
-        "evaluate": evaluate_main,
-        "predict": predict_main,
-        "export": export_main,
-    }
-    if not args or args[0] not in commands:
-        usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(commands)}")
-    return commands[args[0]](args[1:], prog=f"lit-mnist {args[0]}")
+def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
+    """``train``'s entry point, shaped like the other commands' (``get_parser`` + ``main``)."""
+    return train_main(argv, prog)

@@ -1,0 +1,156 @@
+"""The one way lit_mnist reads a checkpoint: ``weights_only=True``, and one line when it cannot.
+
+Training's resume (:func:`check_resumable`) and evaluate, predict and export (:func:`load_checkpoint`)
+read the file with the same :func:`read_checkpoint`, so a missing, truncated, foreign or malicious
+file gets the same message from every command. A file that would need to run Python code to load
+is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lit_mnist.errors import CheckpointError
+from lit_mnist.module import MNISTClassifier
+from lit_mnist.runtime import first_line
+
+#: The run's resolved config, written by training into its ``version_N`` folder.
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint read safely: the model in eval mode on the CPU and the run's data settings.
+
+    Attributes:
+        path: The checkpoint file.
+        model: The trained module (``eval()``, on the CPU, float32 or the dtype it was saved in).
+        datamodule_hparams: The datamodule's hyperparameters saved with it (``data_dir``,
+            ``batch_size``, ``loader``, ...); empty when the checkpoint has none.
+        run_config: The run's ``config.yaml`` next to the checkpoint folder, or empty.
+    """
+
+    path: Path
+    model: MNISTClassifier
+    datamodule_hparams: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded on the CPU with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: one line: no such file, not a file, not a complete zip archive (truncated,
+            or another kind of file), refused (it would run code when unpickled), unreadable, or
+            no ``state_dict`` in it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; give a .ckpt file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a readable lit_mnist checkpoint: not a complete zip archive "
+            "(truncated, or another kind of file)"
+        )
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a forbidden global, a damaged member of the archive, ...
+        raise CheckpointError(_load_failure(path, err)) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
+    return raw
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = next(
+            (
+                line.strip()
+                for line in text.splitlines()
+                if re.search(r"GLOBAL|Unsupported|unsupported", line)
+            ),
+            "",
+        )
+        return (
+            f"{path} is not a readable lit_mnist checkpoint: it was refused, as loading it would need "
+            f"Python objects other than tensors and plain values ({detail or 'weights_only unpickler'}); "
+            "lit_mnist loads checkpoints with weights_only=True only"
+        )
+    return f"{path} is not a readable lit_mnist checkpoint ({first_line(err)})"
+
+
+def first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+    """The first parameter name whose presence or shape differs between two state dicts, or ``None``."""
+    want = {k: tuple(v.shape) for k, v in expected.items()}
+    have = {k: tuple(getattr(v, "shape", ())) for k, v in found.items()}
+    if want == have:
+        return None
+    return (sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]])[0]
+
+
+def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
+    """Check that training can resume ``model`` from ``path``: a readable checkpoint of its shapes.
+
+    Raises:
+        CheckpointError: what :func:`read_checkpoint` raises, or the first parameter whose shape
+            differs from ``model``'s.
+    """
+    raw = read_checkpoint(path)
+    if (wrong := first_difference(model.state_dict(), raw["state_dict"])) is not None:
+        raise CheckpointError(
+            f"{path} holds another model shape (first difference: {wrong}); pass the flags it was trained "
+            f"with (see its run's {CONFIG_NAME}: --config)"
+        )
+
+
+def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTClassifier) -> LoadedCheckpoint:
+    """Read a checkpoint written by lit_mnist's training and rebuild its model.
+
+    Args:
+        path: A ``.ckpt`` file.
+        model_cls: The LightningModule class to rebuild (a subclass with its own ``build_network``).
+
+    Raises:
+        CheckpointError: one line saying what is wrong: what :func:`read_checkpoint` raises, no
+            hyperparameters (not written by lit_mnist's training), or weights that do not fit the
+            model its hyperparameters build.
+    """
+    path = Path(path)
+    raw = read_checkpoint(path)
+    if not isinstance(raw.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{path} has no hyper_parameters: it was not written by lit_mnist's training")
+    try:
+        model = model_cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # odd hyperparameters (ConfigError), a state_dict that does not fit
+        # torch's state_dict errors put the first problem on the second line: keep both, in one line
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"{path} does not fit {model_cls.__name__} ({detail})") from None
+    model.eval()
+    dm_hparams = raw.get("datamodule_hyper_parameters")
+    return LoadedCheckpoint(
+        path=path,
+        model=model,
+        datamodule_hparams=dict(dm_hparams) if isinstance(dm_hparams, dict) else {},
+        run_config=read_run_config(path),
+    )
+
+
+def read_run_config(ckpt_path: str | Path) -> dict[str, Any]:
+    """The ``config.yaml`` of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), or ``{}``."""
+    config = Path(ckpt_path).resolve().parent.parent / CONFIG_NAME
+    try:
+        loaded = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}

@@ -1,0 +1,105 @@
+"""What every command shares: one-line usage errors (exit status 2), and reading a checkpoint argument.
+
+A usage error is printed as ``prog: error: message`` on one line that names the flag and what it
+accepts; jsonargparse's own (often multi-line) messages are rewritten by :func:`one_line`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
+from typing import NoReturn
+
+from jsonargparse import ArgumentParser, Namespace
+
+from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint, load_checkpoint
+from lit_mnist.data import DATAMODULES
+from lit_mnist.errors import CheckpointError, UsageError
+from lit_mnist.inference import check_fits, resolve_dataset
+from lit_mnist.runtime import check_accelerator
+
+
+def usage_exit(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` to stderr and exit with status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str] = ()) -> str:
+    """Turn one of jsonargparse's (often multi-line) messages into one line naming the flag.
+
+    Args:
+        message: The parser's error message.
+        argv: The arguments parsed (``None``: ``sys.argv[1:]``), to name the ``--config`` file.
+        positionals: Names of positional arguments, shown as they are rather than as ``--flags``.
+    """
+    flag = lambda key: key if key in positionals else "--" + key.replace("_", "-")  # noqa: E731
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = f"--config {args[args.index('--config') + 1]}" if "--config" in args[:-1] else "--config"
+    if m := re.match(r"the following arguments are required: (.*)", message):
+        names = [flag(n.strip()) for n in m[1].split(",")]
+        return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required (see --help)"
+    if m := re.match(r"argument (--[\w-]+): invalid choice: (\S+) \(choose from (.*)\)", message):
+        return f"{m[1]} must be one of {m[3].replace(chr(39), '')}; got {m[2]}"
+    if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):
+        return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]}, got {m[3].strip()!r}"
+    if m := re.match(r'Parser key "(\w+)":.*Given value: (.*)', message, re.S):
+        return f"{flag(m[1])} got an invalid value {m[2].strip()!r}; see --help for what it accepts"
+    if m := re.match(r'Parser key "config": (.*)', message, re.S):
+        return f"--config: {m[1].strip().splitlines()[0]}"
+    if m := re.match(r"Option '([\w-]+)' is not accepted", message):
+        return f"{config}: unknown key '{m[1]}'; keys are the flags' names, e.g. max_epochs (see --help)"
+    if message.startswith("Problems parsing config"):
+        detail = " ".join(message.split(":", 1)[1].split())
+        return f"{config}: not valid YAML ({detail})"
+    if message.startswith("Unexpected config"):
+        return f"{config}: must be a YAML mapping of flag names to values, e.g. 'max_epochs: 3'"
+    if m := re.match(r'Parser key "(\w+)":\s*(.*)', message, re.S):
+        return f"{flag(m[1])}: {' '.join(m[2].split())}"
+    return " ".join(message.split())
+
+
+def parse_or_exit(
+    parser: ArgumentParser, argv: Sequence[str] | None, prog: str, positionals: Sequence[str] = ()
+) -> Namespace:
+    """``parser.parse_args(argv)``; a usage error ends the process with one line and status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return parser.parse_args(args)
+    except ArgumentError as err:
+        usage_exit(prog, one_line(str(err), args, positionals))
+
+
+# --------------------------------------------------------------------------- a checkpoint argument
+def checkpoint_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser with the flags of every command that uses a trained model: ``--ckpt-path``, ``--dataset``."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
+    parser.add_argument("--ckpt-path", type=str, required=True, help="A .ckpt file written by training.")
+    parser.add_argument(
+        "--dataset",
+        type=str,
+        choices=list(DATAMODULES),
+        default=None,
+        help=f"Dataset of the checkpoint (default: the run's {CONFIG_NAME}, else mnist).",
+    )
+    return parser
+
+
+def load_or_exit(cfg: Namespace, prog: str) -> tuple[LoadedCheckpoint, str, str]:
+    """The checkpoint of ``--ckpt-path`` and its dataset (name, where the name came from).
+
+    A missing GPU, an unreadable checkpoint or a dataset that does not fit the model ends the
+    process with one line and status 2.
+    """
+    try:
+        check_accelerator(getattr(cfg, "accelerator", "cpu"))
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        dataset, source = resolve_dataset(cfg.dataset, ckpt)
+        check_fits(ckpt.model, DATAMODULES[dataset], dataset)
+    except CheckpointError as err:
+        usage_exit(prog, f"--ckpt-path {err}")
+    except UsageError as err:
+        usage_exit(prog, str(err))
+    return ckpt, dataset, source

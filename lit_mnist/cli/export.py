@@ -1,0 +1,77 @@
+"""``export``: write a checkpoint as ONNX or a torch.export program, and check it against PyTorch.
+
+``python scripts/export.py`` and ``lit-mnist export`` both end up in :func:`main`. Beside the
+model goes ``<file>.json``: the input layout, the normalisation and the class names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+
+from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
+from lit_mnist.data import DATAMODULES
+from lit_mnist.export import EXPORT_FORMATS, export_metadata, export_model, run_exported
+from lit_mnist.runtime import write_atomic
+
+
+def get_parser(prog: str = "export.py") -> ArgumentParser:
+    """Flags of ``export``."""
+    parser = checkpoint_parser(prog, "Export a checkpoint as ONNX or a torch.export program (.pt2).")
+    parser.add_argument("--format", type=str, choices=list(EXPORT_FORMATS), default="onnx")
+    parser.add_argument(
+        "--output",
+        type=str | None,
+        default=None,
+        help="The file to write (default: next to the checkpoint, .onnx or .pt2).",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
+    """Entry point of ``scripts/export.py``. Returns the exit status."""
+    cfg = parse_or_exit(get_parser(prog), argv, prog)
+    ckpt, dataset, source = load_or_exit(cfg, prog)
+    suffix = EXPORT_FORMATS[cfg.format]
+    output = Path(cfg.output) if cfg.output else ckpt.path.with_suffix(suffix)
+    if output.is_dir():
+        usage_exit(prog, f"--output {output} is a folder; give a file name ending in {suffix}")
+    model = ckpt.model.float()
+    try:
+        export_model(model, output, cfg.format)
+    except ImportError as err:
+        print(
+            f"{prog}: error: --format {cfg.format} needs {err.name or 'onnx'}: pip install 'lit_mnist[export]'",
+            file=sys.stderr,
+        )
+        return 1
+    meta = {**export_metadata(model, DATAMODULES[dataset], dataset), "format": cfg.format}
+    meta_path = output.with_name(output.name + ".json")
+    write_atomic(meta_path, json.dumps({**meta, "checkpoint": str(ckpt.path)}, indent=2) + "\n")
+    print(
+        f"Wrote {output} ({cfg.format}: float32 input (N, {', '.join(map(str, meta['input_shape']))}), logits out)"
+    )
+    print(f"Normalise the input as (pixel / 255 - {meta['mean']}) / {meta['std']} ({dataset}, {source})")
+    print(f"Wrote {meta_path} (input layout, mean, std, class names)")
+    images = torch.randn(5, *meta["input_shape"])
+    try:
+        with torch.no_grad():
+            expected = model(images)
+        diff = float((run_exported(output, cfg.format, images) - expected).abs().max())
+    except ImportError as err:
+        print(f"Not checked: {err.name} is not installed (pip install 'lit_mnist[export]')")
+    else:
+        print(f"Checked: largest difference from the PyTorch model on 5 inputs {diff:.2e}")
+        if not math.isfinite(diff) or diff > 1e-4:
+            print(
+                f"{prog}: error: the exported model's outputs differ from PyTorch's by {diff}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
