@@ -156,3 +156,14 @@ def test_saved_config_is_loadable(run_args: list[str], tmp_path: Path) -> None:
     saved = yaml.safe_load(config.read_text())
     assert saved["seed"] == 3
     assert parse_args(["--config", str(config)]).seed == 3
+
+
+def test_library_modules_do_not_import_the_command_line() -> None:
+    """Imports run one way: lit_mnist.cli uses the library, the library never imports lit_mnist.cli."""
+    code = (
+        "import sys, lit_mnist.inference, lit_mnist.checkpoints, lit_mnist.images, lit_mnist.export, "
+        "lit_mnist.runtime; print(sorted(m for m in sys.modules if m.startswith('lit_mnist.cli')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -23,8 +25,10 @@ from lit_mnist.cli.evaluate import main as evaluate_main
 from lit_mnist.cli.export import main as export_main
 from lit_mnist.cli.predict import main as predict_main
 from lit_mnist.cli.train import train_main
+from lit_mnist.errors import CheckpointError
 from lit_mnist.export import run_exported
 from lit_mnist.images import fit_digit, prepare_image, read_grayscale, should_invert
+from lit_mnist.runtime import LIGHTNING_LOGGER, quiet_trainer
 from tests.conftest import make_digits, shrunk_args, write_tiny_mnist
 
 COMMANDS = {"evaluate": evaluate_main, "predict": predict_main, "export": export_main}
@@ -300,6 +304,58 @@ def test_bad_checkpoints_are_refused_with_one_line(
     unsafe = torch.load(tmp_path / "ckpts" / "evil.ckpt", weights_only=False)  # what an unsafe loader does
     unsafe["hyper_parameters"].close()  # the file object the payload opened
     assert marker.exists()
+
+
+def test_training_and_the_commands_read_a_checkpoint_alike(
+    trained: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming training and evaluate read a bad file with the same reader: the same line after the prog."""
+    bad = _bad_checkpoints(tmp_path / "ckpts", trained.ckpt)
+    del bad["missing"]  # train's flag check names 'last' as well, before any file is read
+    train_args = shrunk_args(trained.data_dir, tmp_path / "logs", max_epochs=1)
+    for path, message in bad.values():
+        lines = []
+        for prog, entry, args in (
+            ("train.py", train_main, train_args),
+            ("evaluate.py", evaluate_main, ["--accelerator", "cpu"]),
+        ):
+            with pytest.raises(SystemExit) as exit_info:
+                entry([*args, "--ckpt-path", str(path)])
+            assert exit_info.value.code == 2
+            lines.append(_one_line_error(capsys.readouterr().err, prog).split(": error: ", 1)[1])
+        assert lines[0] == lines[1] and message in lines[0], lines
+    assert not (tmp_path / "ckpts" / "marker").exists()
+
+
+def test_weights_that_do_not_fit_their_hyperparameters_are_one_line(trained: Run, tmp_path: Path) -> None:
+    raw = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
+    raw["hyper_parameters"]["hidden_sizes"] = [32]
+    torch.save(raw, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "odd.ckpt")
+    line = str(info.value)
+    assert line.startswith(f"{tmp_path / 'odd.ckpt'} does not fit MNISTClassifier (") and "\n" not in line
+    assert "size mismatch" in line or "Missing key" in line or "Unexpected key" in line, line
+
+
+def test_quiet_trainer_logs_no_start_up_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(LIGHTNING_LOGGER)
+    handler = Keep(level=logging.DEBUG)
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, handler])
+    level = logger.level
+    trainer = quiet_trainer("cpu")
+    assert records == [] and logger.level == level  # nothing said, the level put back
+    assert (
+        trainer.logger is None and trainer.checkpoint_callback is None and not trainer.progress_bar_callback
+    )
+    L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert any("GPU available" in r.getMessage() for r in records)  # what it keeps out
 
 
 # --------------------------------------------------------------------------- console command
