@@ -17,7 +17,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -29,7 +29,8 @@ from lit_mnist.errors import ConfigError, DataError
 from lit_mnist.loader import InMemoryBatchLoader
 
 DATA_DIR_ENV = "LIT_MNIST_DATA_DIR"
-LOADERS = ("memory", "torchvision")
+Loader = Literal["memory", "torchvision"]
+LOADERS: tuple[str, ...] = get_args(Loader)
 
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
@@ -89,7 +90,7 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_size: int = 5_000,
         split_seed: int = 42,
-        loader: str = "memory",
+        loader: Loader = "memory",
         download: bool = True,
         seed: int = 0,
         steps_per_batch: int = 1,

@@ -183,7 +183,9 @@ def test_a_plateau_scheduler_on_val_loss_lowers_the_rate_every_epoch(tiny_data: 
 
 
 # Lightning drops a scheduler's monitor in manual optimization and says so; step groups then refuse it.
-@pytest.mark.filterwarnings("ignore:The lr scheduler dict contains the key\\(s\\) \\['monitor'\\]:RuntimeWarning")
+@pytest.mark.filterwarnings(
+    "ignore:The lr scheduler dict contains the key\\(s\\) \\['monitor'\\]:RuntimeWarning"
+)
 def test_step_groups_refuse_a_plateau_scheduler_when_fit_starts(tiny_data: Path) -> None:
     model = _PlateauClassifier(lr=0.01, steps_per_batch=10)
     dm = _datamodule(tiny_data, batch_size=25, steps_per_batch=10)

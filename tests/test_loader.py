@@ -339,7 +339,9 @@ def test_group_state_resumes_mid_epoch_and_refuses_another_group_size() -> None:
     resumed = _loader(50, 4, shuffle=True, seed=3, steps_per_batch=3)
     resumed.load_state_dict(state)
     assert taken + [[y.tolist() for _, y in g] for g in resumed] == full
-    with pytest.raises(ValueError, match="saved with steps_per_batch=3 but this loader has steps_per_batch=2"):
+    with pytest.raises(
+        ValueError, match="saved with steps_per_batch=3 but this loader has steps_per_batch=2"
+    ):
         _loader(50, 4, shuffle=True, seed=3, steps_per_batch=2).load_state_dict(state)
 
 

@@ -62,7 +62,8 @@ def test_step_scheduler_is_per_epoch() -> None:
         ("onecycle", torch.optim.lr_scheduler.OneCycleLR),
     ],
 )
-def test_step_schedulers_span_the_whole_run(name: str, cls: type, tiny_data: Path) -> None:
+@pytest.mark.parametrize("steps", [1, 5])
+def test_step_schedulers_span_the_whole_run(name: str, cls: type, steps: int, tiny_data: Path) -> None:
     from lit_mnist.data import MNISTDataModule
 
     seen = {}
@@ -75,15 +76,15 @@ def test_step_schedulers_span_the_whole_run(name: str, cls: type, tiny_data: Pat
             scheduler = config.scheduler
             seen["total"] = getattr(scheduler, "T_max", getattr(scheduler, "total_steps", None))
 
-    datamodule = MNISTDataModule(str(tiny_data), batch_size=100, val_size=100)
+    datamodule = MNISTDataModule(str(tiny_data), batch_size=100, val_size=100, steps_per_batch=steps)
     trainer = _quiet_trainer(max_epochs=2, callbacks=[Probe()])
-    trainer.fit(MNISTClassifier(scheduler=name, lr=0.05), datamodule=datamodule)
+    trainer.fit(MNISTClassifier(scheduler=name, lr=0.05, steps_per_batch=steps), datamodule=datamodule)
     assert seen["cls"] is cls
     assert seen["interval"] == "step"
-    # 500 training images / batch 100, two epochs: 10 optimizer steps (taken 5 per batch, step groups)
+    # 500 training images / batch 100, two epochs: 10 optimizer steps, in 10 batches or 2 groups of 5
     assert seen["total"] == 2 * 5
     assert trainer.global_step == 10
-    assert datamodule.train_steps_per_batch == 5
+    assert trainer.num_training_batches == 5 // steps
 
 
 @pytest.mark.parametrize(

@@ -143,8 +143,8 @@ def test_step_checkpoints(run_args: list[str], tmp_path: Path) -> None:
 
     build = cli.build_trainer
 
-    def with_spy(cfg, version):  # type: ignore[no-untyped-def]
-        trainer = build(cfg, version)
+    def with_spy(cfg, version, plan):  # type: ignore[no-untyped-def]
+        trainer = build(cfg, version, plan)
         trainer.callbacks.append(Spy())  # type: ignore[attr-defined]
         return trainer
 

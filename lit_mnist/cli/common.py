@@ -6,13 +6,17 @@ accepts; jsonargparse's own (often multi-line) messages are rewritten by :func:`
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+import typing
 from argparse import ArgumentError
-from collections.abc import Sequence
-from typing import NoReturn
+from collections import abc
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
-from jsonargparse import ArgumentParser, Namespace
+import docstring_parser
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint, load_checkpoint
 from lit_mnist.data import DATAMODULES
@@ -43,6 +47,10 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
         return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required (see --help)"
     if m := re.match(r"argument (--[\w-]+): invalid choice: (\S+) \(choose from (.*)\)", message):
         return f"{m[1]} must be one of {m[3].replace(chr(39), '')}; got {m[2]}"
+    if m := re.match(
+        r'Parser key "(\w+)":\s*Expected a typing\.Literal\[(.*)\]\. Got value: (.*)', message, re.S
+    ):
+        return f"{flag(m[1])} must be one of {m[2].replace(chr(39), '')}; got {m[3].strip()!r}"
     if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):
         return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]}, got {m[3].strip()!r}"
     if m := re.match(r'Parser key "(\w+)":.*Given value: (.*)', message, re.S):
@@ -59,6 +67,37 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
     if m := re.match(r'Parser key "(\w+)":\s*(.*)', message, re.S):
         return f"{flag(m[1])}: {' '.join(m[2].split())}"
     return " ".join(message.split())
+
+
+def constructor_flags(
+    group: Any,
+    cls: type,
+    names: Sequence[str],
+    defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """Add a ``--name`` flag for each of ``cls.__init__``'s arguments ``names``.
+
+    One source for each hyperparameter: the signature gives the flag its type, default and choices
+    (a ``Literal``), the class docstring's ``Args:`` its help, and the constructor checks its range.
+    ``defaults`` and ``helps`` override them where the command line means something else than the
+    library (e.g. ``--steps-per-batch``, whose default the command line raises).
+    """
+    hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    docs = {p.arg_name: p.description or "" for p in docstring_parser.parse(cls.__doc__ or "").params}
+    for name in names:
+        annotation = hints[name]
+        default = (defaults or {}).get(name, params[name].default)
+        text = (helps or {}).get(name) or " ".join(docs.get(name, "").replace("``", "").split())
+        flag = "--" + name.replace("_", "-")
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if annotation is bool:
+            group.add_argument(flag, action=ActionYesNo(no_prefix="no-"), default=default, help=text)
+        elif origin in (list, tuple, abc.Sequence):
+            group.add_argument(flag, type=args[0], nargs="+", default=list(default), help=text)
+        else:  # int, float, str | None, Literal[...] (jsonargparse lists a Literal's choices)
+            group.add_argument(flag, type=annotation, default=default, help=text)
 
 
 def parse_or_exit(

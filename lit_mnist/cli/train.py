@@ -11,8 +11,8 @@ process with exit status 2 and one line that names the flag and what it accepts.
 
 from __future__ import annotations
 
-import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -20,13 +20,13 @@ import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -41,8 +41,8 @@ from lit_mnist.callbacks import (
     written_figures,
 )
 from lit_mnist.checkpoints import CONFIG_NAME, check_resumable
-from lit_mnist.cli.common import one_line, usage_exit
-from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, LOADERS, MNISTDataModule, default_data_dir
+from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
+from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, MNISTDataModule, default_data_dir
 from lit_mnist.errors import (
     CheckpointError,
     ConfigError,
@@ -53,7 +53,8 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
-from lit_mnist.module import MODELS, OPTIMIZERS, SCHEDULERS, MNISTClassifier
+from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar, group_size
+from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import ACCELERATORS, PRECISION_ALIASES, PRECISIONS, check_accelerator
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
@@ -62,15 +63,19 @@ RESULTS_NAME = "results.json"
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 
 
-def _default(cls: type, name: str) -> Any:
-    """The default of ``cls.__init__``'s argument ``name``: defaults live in one place, the signature."""
-    return inspect.signature(cls.__init__).parameters[name].default  # type: ignore[misc]
+#: The group size train.py asks for (``--steps-per-batch``): Lightning's per-batch work is paid once per
+#: this many optimizer steps. The library's default is 1, plain Lightning; see lit_mnist.groups.
+STEPS_PER_BATCH = 10
+#: Flags derived from the constructors' signatures (type, default, choices, help); ranges are checked there.
+DATA_FLAGS = ("data_dir", "batch_size", "num_workers", "val_size", "loader", "steps_per_batch", "download")
+MODEL_FLAGS = ("model", "hidden_sizes", "dropout")
+OPTIMIZATION_FLAGS = (
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler", "step_size", "gamma", "label_smoothing",
+)  # fmt: skip
 
 
 def get_parser(prog: str = "train.py") -> ArgumentParser:
     """The flat-flag parser of ``train``, grouped for ``--help``."""
-    model_default = lambda name: _default(MNISTClassifier, name)  # noqa: E731
-    data_default = lambda name: _default(MNISTDataModule, name)  # noqa: E731
     parser = ArgumentParser(
         prog=prog,
         description="Train an MNIST-family classifier with PyTorch Lightning.",
@@ -82,73 +87,35 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     )
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--dataset", type=str, choices=list(DATAMODULES), default="mnist", help="Dataset.")
-    data.add_argument(
-        "--data-dir",
-        type=str | None,
-        default=None,
-        help=f"Folder holding <Dataset>/raw (default: ${DATA_DIR_ENV}, else ./data).",
+    data.add_argument("--dataset", type=Literal[tuple(DATAMODULES)], default="mnist", help="Dataset.")
+    constructor_flags(
+        data,
+        MNISTDataModule,
+        DATA_FLAGS,
+        defaults={"steps_per_batch": STEPS_PER_BATCH},
+        helps={
+            "data_dir": f"Folder holding <Dataset>/raw (default: ${DATA_DIR_ENV}, else ./data).",
+            "steps_per_batch": "Optimizer steps per training batch that Lightning sees (step groups, the "
+            "in-memory loader's fast path): the same steps and weights as 1, less overhead. Lowered to "
+            "divide the steps per epoch, --log-every-n-steps, --max-steps and --ckpt-every-n-steps; 1 "
+            "(plain Lightning) with --loader torchvision, --gradient-clip-val, --accumulate-grad-batches, "
+            "--limit-train-batches or --fast-dev-run. The run says at its start which it uses and why.",
+        },
     )
-    data.add_argument(
-        "--batch-size", type=int, default=data_default("batch_size"), help="Batch size per device."
-    )
-    data.add_argument("--num-workers", type=int, default=data_default("num_workers"), help="Loader workers.")
-    data.add_argument("--val-size", type=int, default=data_default("val_size"), help="Images held out.")
-    data.add_argument(
-        "--loader", type=str, choices=list(LOADERS), default=data_default("loader"), help="Loader."
-    )
-    data.add_argument(
-        "--steps-per-batch",
-        type=int,
-        default=data_default("steps_per_batch"),
-        help="Optimizer steps per batch Lightning sees (memory loader): same steps and weights, less "
-        "overhead; lowered to divide the steps per epoch, --log-every-n-steps, --max-steps and "
-        "--ckpt-every-n-steps; 1 with the torchvision loader, clipping, accumulation or --limit-train-batches.",
-    )
-    data.add_argument(
-        "--download", action=ActionYesNo(no_prefix="no-"), default=True, help="Download missing raw files."
-    )
-
-    model = parser.add_argument_group("Model")
-    model.add_argument(
-        "--model", type=str, choices=list(MODELS), default=model_default("model"), help="Network."
-    )
-    model.add_argument(
-        "--hidden-sizes",
-        type=int,
-        nargs="+",
-        default=list(model_default("hidden_sizes")),
-        help="MLP hidden layer widths, e.g. --hidden-sizes 128 64.",
-    )
-    model.add_argument("--dropout", type=float, default=model_default("dropout"), help="Dropout probability.")
-
+    constructor_flags(parser.add_argument_group("Model"), MNISTClassifier, MODEL_FLAGS)
     optim = parser.add_argument_group("Optimization")
-    optim.add_argument("--optimizer", type=str, choices=list(OPTIMIZERS), default=model_default("optimizer"))
-    optim.add_argument("--lr", type=float, default=model_default("lr"), help="Learning rate.")
-    optim.add_argument(
-        "--momentum", type=float, default=model_default("momentum"), help="SGD/RMSprop momentum."
-    )
-    optim.add_argument(
-        "--nesterov", action=ActionYesNo(no_prefix="no-"), default=False, help="Nesterov (SGD)."
-    )
-    optim.add_argument("--weight-decay", type=float, default=model_default("weight_decay"))
-    optim.add_argument("--scheduler", type=str, choices=list(SCHEDULERS), default=model_default("scheduler"))
-    optim.add_argument(
-        "--step-size", type=int, default=model_default("step_size"), help="Epochs per step decay."
-    )
-    optim.add_argument("--gamma", type=float, default=model_default("gamma"), help="Step decay factor.")
-    optim.add_argument("--label-smoothing", type=float, default=model_default("label_smoothing"))
+    constructor_flags(optim, MNISTClassifier, OPTIMIZATION_FLAGS)
     optim.add_argument("--gradient-clip-val", type=float | None, default=None, help="Clip gradient norm.")
     optim.add_argument("--accumulate-grad-batches", type=int, default=1, help="Batches per optimizer step.")
 
     trainer = parser.add_argument_group("Trainer")
-    trainer.add_argument("--accelerator", type=str, choices=list(ACCELERATORS), default="auto")
+    trainer.add_argument("--accelerator", type=Literal[ACCELERATORS], default="auto")
     trainer.add_argument(
         "--devices", type=str, default="auto", help="Number, list like 0,1, -1 (all), or auto."
     )
     trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     trainer.add_argument("--num-nodes", type=int, default=1, help="Machines in a multi-node run.")
-    trainer.add_argument("--precision", type=str, choices=list(PRECISIONS), default="32-true")
+    trainer.add_argument("--precision", type=Literal[PRECISIONS], default="32-true")
     trainer.add_argument(
         "--max-epochs", type=int, default=10, help="Epochs to train (in total, when resuming)."
     )
@@ -222,22 +189,14 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Nam
 def check_config(cfg: Namespace) -> None:
     """Check what the parser's types cannot: ranges, combinations and this machine's hardware.
 
+    The flags of the datamodule and the module are checked by their constructors.
+
     Raises:
         UsageError: with one line naming the flag and what it accepts.
     """
-    positive = (
-        "max_epochs",
-        "batch_size",
-        "num_nodes",
-        "accumulate_grad_batches",
-        "log_every_n_steps",
-        "val_size",
-    )
-    for key in positive:
+    for key in ("max_epochs", "num_nodes", "accumulate_grad_batches", "log_every_n_steps"):
         if cfg[key] < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg.num_workers < 0:
-        raise UsageError(f"--num-workers must be >= 0, got {cfg.num_workers}")
     if cfg.fast_dev_run < 0:
         raise UsageError(f"--fast-dev-run must be >= 0 (batches per stage), got {cfg.fast_dev_run}")
     if cfg.save_top_k < -1:
@@ -299,42 +258,100 @@ def parse_devices(value: str | int) -> int | str | list[int]:
 
 
 # --------------------------------------------------------------------------- building the run
-def build_datamodule(cfg: Namespace) -> MNISTDataModule:
-    """The datamodule named by ``--dataset`` with the data flags."""
-    return DATAMODULES[cfg.dataset](
-        data_dir=cfg.data_dir,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        val_size=cfg.val_size,
-        loader=cfg.loader,
-        download=cfg.download,
-        seed=cfg.seed,
-        steps_per_batch=cfg.steps_per_batch,
-    )
+def build_datamodule(cfg: Namespace, steps_per_batch: int = 1) -> MNISTDataModule:
+    """The datamodule named by ``--dataset`` with the data flags and the run's group size."""
+    flags = {name: cfg[name] for name in DATA_FLAGS if name != "steps_per_batch"}
+    return DATAMODULES[cfg.dataset](**flags, seed=cfg.seed, steps_per_batch=steps_per_batch)
 
 
-def build_model(cfg: Namespace, datamodule: MNISTDataModule) -> MNISTClassifier:
+def build_model(cfg: Namespace, datamodule: MNISTDataModule, steps_per_batch: int = 1) -> MNISTClassifier:
     """The LightningModule; number of classes and input shape come from the datamodule."""
     return MNISTClassifier(
-        model=cfg.model,
-        hidden_sizes=cfg.hidden_sizes,
-        dropout=cfg.dropout,
+        **{name: cfg[name] for name in (*MODEL_FLAGS, *OPTIMIZATION_FLAGS)},
         num_classes=datamodule.num_classes,
         input_shape=list(datamodule.image_shape),
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-        scheduler=cfg.scheduler,
-        step_size=cfg.step_size,
-        gamma=cfg.gamma,
-        label_smoothing=cfg.label_smoothing,
+        steps_per_batch=steps_per_batch,
     )
 
 
-def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
-    """The Trainer: TensorBoard in ``LOG_DIR/version_N``, best-by-``val/acc`` and last checkpoints."""
+def groups_ruled_out(cfg: Namespace) -> str:
+    """The flag that rules step groups out (why Lightning must take one step per batch), or ``""``."""
+    if cfg.steps_per_batch <= 1:
+        return f"--steps-per-batch {cfg.steps_per_batch}"
+    if cfg.loader != "memory":
+        return f"--loader {cfg.loader} yields one batch at a time"
+    if cfg.gradient_clip_val:
+        return "--gradient-clip-val: Lightning clips gradients only with automatic optimization"
+    if cfg.accumulate_grad_batches > 1:
+        return "--accumulate-grad-batches: Lightning accumulates gradients only with automatic optimization"
+    if cfg.limit_train_batches is not None:
+        return "--limit-train-batches counts Lightning's batches"
+    if cfg.fast_dev_run:
+        return "--fast-dev-run counts Lightning's batches"
+    return ""
+
+
+def plan_step_groups(cfg: Namespace, datamodule: MNISTDataModule) -> StepGroupPlan:
+    """The group size of the run: ``--steps-per-batch``, lowered to divide every step count Lightning checks.
+
+    Reads the training split's size (``prepare_data`` and ``setup``, which Lightning's own calls then
+    find done) and the number of processes from the flags.
+    """
+    requested = cfg.steps_per_batch
+    if reason := groups_ruled_out(cfg):
+        return StepGroupPlan(1, requested, reason)
+    processes = world_size(cfg)
+    if processes is None:
+        return StepGroupPlan(1, requested, f"--devices {cfg.devices}: the number of processes is not known")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    per_process = math.ceil(len(datamodule.split("train")[1]) / processes)  # DDP pads the shards
+    steps = math.ceil(per_process / cfg.batch_size)
+    counts = {
+        f"{steps} optimizer steps per epoch at --batch-size {cfg.batch_size}": steps,
+        f"--log-every-n-steps {cfg.log_every_n_steps}": cfg.log_every_n_steps,
+        f"--max-steps {cfg.max_steps}": cfg.max_steps,
+        f"--ckpt-every-n-steps {cfg.ckpt_every_n_steps}": cfg.ckpt_every_n_steps or 0,
+    }
+    size = group_size(requested, steps, *counts.values())
+    lowered_by = [name for name, count in counts.items() if count > 0 and count % requested]
+    return StepGroupPlan(size, requested, ", ".join(lowered_by))
+
+
+def world_size(cfg: Namespace) -> int | None:
+    """Processes of the run as the flags ask for them (devices per node x nodes); None when unknown."""
+    devices = parse_devices(cfg.devices)
+    if isinstance(devices, list):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    else:  # "auto" (or -1): every GPU with a CUDA accelerator, else one process
+        cuda = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        if not cuda and devices == -1:
+            return None
+        count = torch.cuda.device_count() if cuda else 1
+    return count * cfg.num_nodes
+
+
+def build_data_and_model(cfg: Namespace) -> tuple[MNISTDataModule, MNISTClassifier, StepGroupPlan]:
+    """The datamodule and the module of a run, with the step-group plan they share (see ``build_trainer``)."""
+    candidate = 1 if groups_ruled_out(cfg) else cfg.steps_per_batch
+    datamodule = build_datamodule(cfg, candidate)
+    build_model(cfg, datamodule, candidate)  # its constructor checks the flags before the data are read
+    plan = plan_step_groups(cfg, datamodule)
+    if plan.size != candidate:  # lowered: the data are checked and parsed again
+        datamodule = build_datamodule(cfg, plan.size)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same weights whatever was built before
+    return datamodule, build_model(cfg, datamodule, plan.size), plan
+
+
+def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan | None = None) -> L.Trainer:
+    """The Trainer: TensorBoard in ``LOG_DIR/version_N``, best-by-``val/acc`` and last checkpoints.
+
+    With step groups (``plan``), Lightning counts its logging interval in groups, the loggers write
+    at optimizer steps and the progress bar counts optimizer steps (see :mod:`lit_mnist.groups`).
+    """
+    size = plan.size if plan is not None else 1
     logger = MonitoringTensorBoardLogger(  # a TensorBoardLogger that logs the model graph quietly, once
         save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False, log_graph=True
     )
@@ -350,12 +367,14 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]
+    if size > 1:
+        callbacks.append(StepGroups(size))
     if cfg.ckpt_every_n_steps:
         callbacks.append(LastCheckpoint(every_n_train_steps=cfg.ckpt_every_n_steps))
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))  # a redraw per step costs ~0.4 ms
+        callbacks.append(StepProgressBar(size, refresh_rate=20))  # a redraw per step costs as much as a step
     if not cfg.fast_dev_run:  # fast_dev_run disables the logger: nothing to monitor into
         callbacks += [
             LearningRateMonitor(logging_interval="step"),
@@ -383,7 +402,7 @@ def build_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
         gradient_clip_val=cfg.gradient_clip_val,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         fast_dev_run=cfg.fast_dev_run,
-        log_every_n_steps=cfg.log_every_n_steps,
+        log_every_n_steps=cfg.log_every_n_steps // size,  # Lightning counts its batches: groups
         enable_progress_bar=cfg.progress_bar,
         logger=logger,
         callbacks=callbacks,
@@ -453,9 +472,9 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
     """
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
+    datamodule, model, plan = build_data_and_model(cfg)
+    if _global_rank() == 0:
+        print(plan.notice(), flush=True)
 
     ckpt_path = None
     if cfg.ckpt_path is not None:
@@ -467,7 +486,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     if owns_env:
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
     try:
-        trainer = _make_trainer(cfg, version)
+        trainer = _make_trainer(cfg, version, plan)
         run_dir = Path(cfg.log_dir) / f"version_{version}"
         if trainer.is_global_zero and version is not None:
             # Without ckpt_path: --config on this file repeats the whole run from scratch.
@@ -546,9 +565,9 @@ def _stop_signal(trainer: L.Trainer) -> str:
     return graceful[0].signal_name or "SIGTERM" if graceful else "SIGTERM"
 
 
-def _make_trainer(cfg: Namespace, version: int | None) -> L.Trainer:
+def _make_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L.Trainer:
     try:
-        return build_trainer(cfg, version)
+        return build_trainer(cfg, version, plan)
     except (MisconfigurationException, ValueError) as err:
         raise UsageError(" ".join(str(err).split())) from None
 
