@@ -17,10 +17,10 @@ once per epoch. The image callbacks do nothing without a :class:`TensorBoardLogg
 ``test_step`` to return ``{"preds": class indices}``.
 
 Figures are drawn with matplotlib's Agg canvas directly, without ``pyplot``, so no global backend is
-switched and no window can open. Per-epoch figures are cheap (about 0.1 s an epoch, PNG encoding
-included): matplotlib draws text at about 3 ms a label, so the many small labels (captions, cell
-counts) are written with PIL in matplotlib's own font, and the confusion matrix's frame is drawn by
-matplotlib once and reused.
+switched and no window can open. matplotlib lays out every text label on its own, which is slow
+for many small labels, so the captions and cell counts are written with PIL in matplotlib's own
+font, and the confusion matrix's frame is drawn by matplotlib once and reused (the README gives
+what monitoring costs an epoch).
 """
 
 from __future__ import annotations
@@ -197,9 +197,8 @@ def grid_figure(
     ``images`` are ``(N, H, W)`` or ``(N, H, W, 3)`` in ``[0, 1]``; the result is an RGB uint8 array
     of :func:`grid_size_px`. ``cells`` fixes the grid's size (empty cells stay blank), so the image
     keeps its size from epoch to epoch when fewer images are shown. The images are pasted into one
-    array, enlarged ``GRID_SCALE`` times, and the captions drawn with PIL in matplotlib's font:
-    matplotlib draws text at about 3 ms a caption, which made these grids the costliest work of an
-    epoch; PIL takes about 0.1 ms.
+    array, enlarged ``GRID_SCALE`` times, and the captions drawn with PIL in matplotlib's font, which
+    is many times faster than matplotlib's text layout for dozens of short labels.
     """
     from PIL import Image, ImageDraw
 
@@ -272,7 +271,7 @@ def confusion_matrix_figure(matrix: np.ndarray, title: str) -> np.ndarray:
     The colour is the fraction of the true class (a power scale, so that a 2% confusion shows).
     matplotlib draws the frame (axes, ticks, colour bar) once per class count; each call paints the
     cells with the same colour map into a copy and writes the counts and title with PIL in
-    matplotlib's font (see :func:`grid_figure`): about 10 ms instead of 200 ms.
+    matplotlib's font (see :func:`grid_figure`).
     """
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
@@ -378,7 +377,7 @@ class MonitoringTensorBoardLogger(OptimizerStepAxis, TensorBoardLogger):
                 "ignore", message=r"This property will be removed in 2\.0\.0", category=DeprecationWarning
             )
             super().log_graph(model, input_array)
-        self._graph_logged = bool(self._log_graph)
+        self._graph_logged = True  # (nothing was written if the logger was made with log_graph=False)
 
 
 class EpochSpeed(L.Callback):

@@ -100,13 +100,16 @@ def first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> s
 
 
 def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
-    """Check that training can resume ``model`` from ``path``: a readable checkpoint of its shapes.
+    """Check that training can resume ``model`` from ``path``: a readable checkpoint of its shapes,
+    written with the model's group size (``steps_per_batch``).
 
     Raises:
-        CheckpointError: what :func:`read_checkpoint` raises, or the first parameter whose shape
-            differs from ``model``'s.
+        CheckpointError: what :func:`read_checkpoint` raises, the first parameter whose shape
+            differs from ``model``'s, or the group sizes that differ.
     """
     raw = read_checkpoint(path)
+    if why := MNISTClassifier.resume_mismatch(raw, model.steps_per_batch):
+        raise CheckpointError(f"{path} {why} (see its run's {CONFIG_NAME}: --config)")
     if (wrong := first_difference(model.state_dict(), raw["state_dict"])) is not None:
         raise CheckpointError(
             f"{path} holds another model shape (first difference: {wrong}); pass the flags it was trained "

@@ -62,8 +62,9 @@ class MNISTDataModule(L.LightningDataModule):
             as Lightning's documentation describes. ``K > 1`` (in-memory loader only): each training
             batch Lightning sees is a *step group*, a list of ``K`` consecutive batches of
             ``batch_size``, for a module built with the same ``steps_per_batch`` that takes their
-            ``K`` optimizer steps in one ``training_step`` (see :mod:`lit_mnist.groups`).
-            Validation and test batches are never grouped.
+            ``K`` optimizer steps in one ``training_step`` (see :mod:`lit_mnist.groups`); ``K`` must
+            divide the training batches per epoch. Validation and test batches are never grouped.
+            Not a hyperparameter (not saved with the datamodule's).
     """
 
     dataset_cls: type[datasets.MNIST] = datasets.MNIST
@@ -112,7 +113,7 @@ class MNISTDataModule(L.LightningDataModule):
                 f"must be 1 with --loader {loader} (step groups come from the in-memory loader); got {steps_per_batch}",
             )
         data_dir = str(data_dir or default_data_dir())
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["steps_per_batch"])  # as the module's: how a run steps, not data
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -283,12 +284,24 @@ class MNISTDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------- dataloaders
     def train_dataloader(self) -> Any:
-        return self._dataloader("train", shuffle=True)
+        loader = self._dataloader("train", shuffle=True)
+        if self.steps_per_batch > 1 and loader.num_batches % self.steps_per_batch:
+            raise ConfigError(
+                "steps_per_batch",
+                f"must divide the {loader.num_batches} training batches per epoch (per process), so that every "
+                f"group holds as many steps and the steps Lightning counts stay those of one step per batch; "
+                f"got {self.steps_per_batch} (lit_mnist.groups.group_size picks one)",
+            )
+        return loader
 
     def val_dataloader(self) -> Any:
         return self._dataloader("val", shuffle=False)
 
     def test_dataloader(self) -> Any:
+        return self._dataloader("test", shuffle=False)
+
+    def predict_dataloader(self) -> Any:
+        """The test images (with their labels, which ``predict_step`` ignores)."""
         return self._dataloader("test", shuffle=False)
 
     def _dataloader(self, split: str, shuffle: bool) -> Any:

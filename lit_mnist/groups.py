@@ -1,7 +1,7 @@
 """Step groups: the fast path, several optimizer steps per training batch that Lightning sees.
 
 Lightning does a fixed amount of work per training batch (hooks, progress tracking, logging
-checks): about as much, on a CPU, as a whole optimizer step of the classic MLP at batch 64. With
+checks), comparable to a whole optimizer step of a small network at a small batch size. With
 step groups the datamodule hands Lightning a list of ``K`` batches at once and the module takes
 their ``K`` optimizer steps in one ``training_step`` (Lightning's manual optimization), so that
 work is paid once per ``K`` steps. The samples, their order, the steps and the weights are those
@@ -60,33 +60,37 @@ class StepGroupPlan:
 
     Attributes:
         size: Optimizer steps per training batch (1: step groups are off).
-        requested: The size asked for.
-        reason: Why ``size`` is smaller than ``requested`` (the flag that rules groups out or lowers them).
-        how_to_turn_off: What to pass to turn step groups off.
+        requested: The size asked for (``--steps-per-batch``).
+        reason: Why ``size`` is smaller than ``requested``: the flag that rules groups out, or the
+            step counts that lowered the size (a size divides them all).
+        ruled_out: ``reason`` names a flag that rules groups out, rather than step counts.
     """
 
     size: int
     requested: int
     reason: str = ""
-    how_to_turn_off: str = "--steps-per-batch 1"
+    ruled_out: bool = False
 
     def notice(self) -> str:
         if self.size > 1:
             lowered = f" (lowered from {self.requested}: {self.reason})" if self.size < self.requested else ""
             return (
                 f"Step groups: on, {self.size} optimizer steps per Lightning batch{lowered}: the same steps and "
-                f"weights as one step per batch, less overhead; {self.how_to_turn_off} turns them off."
+                "weights as one step per batch, less overhead; --steps-per-batch 1 turns them off."
             )
-        if self.requested <= 1:
+        if self.requested == 1:
             return "Step groups: off (one optimizer step per Lightning batch)."
-        return f"Step groups: off, one optimizer step per Lightning batch ({self.reason})."
+        why = self.reason if self.ruled_out else f"no group size above 1 divides {self.reason}"
+        return f"Step groups: off, one optimizer step per Lightning batch ({why})."
 
 
 class OptimizerStepAxis(Logger):
     """A logger base that writes values logged during a run with step groups at their optimizer step.
 
     Lightning passes its logging step, which counts training batches, to ``log_metrics``; with
-    groups of ``K`` steps a batch stands for ``K`` optimizer steps. Once a :class:`StepGroups`
+    groups of ``K`` steps a batch stands for ``K`` optimizer steps. Every ``step`` given to a bound
+    logger is read as such a count: code that logs straight to the logger during a run with step
+    groups should use ``pl_module.log`` instead, or pass Lightning's count, not ``global_step``. Once a :class:`StepGroups`
     callback has bound the logger to the trainer, a value logged after a group's steps (the
     training step's values, validation, the epoch's metrics) is written at the group's last step,
     and one logged before them (a learning-rate monitor at the batch's start) at its first: where
@@ -125,7 +129,7 @@ class StepGroups(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         size = getattr(pl_module, "steps_per_batch", 1)
-        if size != self.steps_per_batch:
+        if stage == "fit" and size != self.steps_per_batch:  # testing any module is fine
             raise ConfigError(
                 "steps_per_batch",
                 f"is {size} in {type(pl_module).__name__} and {self.steps_per_batch} in StepGroups: give the "

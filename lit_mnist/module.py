@@ -72,9 +72,10 @@ class MNISTClassifier(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
         steps_per_batch: Optimizer steps per training batch. 1 (the default): Lightning's automatic
             optimization, one step per batch. ``K > 1``: each training batch must be a step group, a
-            list of up to ``K`` ``(images, targets)`` batches (``MNISTDataModule(steps_per_batch=K)``),
-            and :meth:`training_group` takes their steps with manual optimization. Not a
-            hyperparameter: a checkpoint loads with 1, whatever the run used.
+            list of ``K`` ``(images, targets)`` batches (``MNISTDataModule(steps_per_batch=K)``),
+            and :meth:`training_group` takes their steps with manual optimization (see
+            :mod:`lit_mnist.groups`; Lightning's Tuner needs 1). Not a hyperparameter: a checkpoint
+            loads with 1, whatever the run used.
     """
 
     def __init__(
@@ -276,23 +277,30 @@ class MNISTClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"steps_per_batch": self.steps_per_batch}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume training with another ``steps_per_batch`` than the checkpoint's run.
+    @staticmethod
+    def resume_mismatch(checkpoint: dict[str, Any], steps_per_batch: int) -> str | None:
+        """Why a run with ``steps_per_batch`` cannot resume from ``checkpoint``, or ``None`` if it can.
 
         Lightning counts the optimizer steps of automatic and manual optimization apart, and its
         logging step in training batches: a run resumed with another group size would restart its
-        step count, or log at other steps. Loading weights (testing, ``load_from_checkpoint``) is
-        always fine.
+        step count, or log at other steps. A checkpoint that does not say was written with 1.
         """
-        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("steps_per_batch")
-        if saved is None or saved == self.steps_per_batch or not self._fitting():
-            return
-        raise ConfigError(
-            "steps_per_batch",
-            f"the checkpoint was written by a run with {saved} optimizer step(s) per training batch and this run "
-            f"takes {self.steps_per_batch}: Lightning would restart or shift its step count. Resume with the "
-            "settings the run was started with",
+        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("steps_per_batch", 1)
+        if saved == steps_per_batch:
+            return None
+        return (
+            f"was written by a run with {saved} optimizer step(s) per training batch and this run takes "
+            f"{steps_per_batch}: Lightning would restart or shift its step count. Resume with the settings "
+            "the run was started with"
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume training with another ``steps_per_batch`` (see :meth:`resume_mismatch`).
+
+        Loading weights (testing, ``load_from_checkpoint``) is always fine.
+        """
+        if self._fitting() and (why := self.resume_mismatch(checkpoint, self.steps_per_batch)):
+            raise ConfigError("steps_per_batch", f"is {self.steps_per_batch}, but the checkpoint {why}")
 
     def _fitting(self) -> bool:
         try:

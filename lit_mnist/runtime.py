@@ -86,11 +86,20 @@ def quiet_lightning() -> Iterator[None]:
     logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            # lightning 2.6.6 calls a torch helper that torch 2.14 deprecates (not our code; see pyproject)
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            ignore_upstream_deprecations()
             yield
     finally:
         logger.setLevel(level)
+
+
+#: Deprecation warnings that Lightning's own code raises under newer torch: not the user's business.
+UPSTREAM_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)  # lightning 2.6.6, torch 2.14
+
+
+def ignore_upstream_deprecations() -> None:
+    """Filter :data:`UPSTREAM_DEPRECATIONS` (in the current ``warnings.catch_warnings`` block, if any)."""
+    for message in UPSTREAM_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def quiet_trainer(accelerator: str = "auto", precision: str = "32-true", **overrides: Any) -> L.Trainer:

@@ -31,6 +31,11 @@ class GracefulInterrupt(L.Callback):
         self._previous: Any = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signal_name = None
+        if trainer.world_size > 1:
+            # Every process gets the terminal's Ctrl-C; a stop that several processes start at once
+            # is not one Lightning's SIGTERM path handles. Ctrl-C interrupts as usual there.
+            return
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave Ctrl-C as it is
@@ -80,8 +85,8 @@ class NonFiniteLossGuard(L.Callback):
         if loss is not None and not bool(loss.detach().isfinite()):
             lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
             raise NonFiniteLossError(
-                f"the training loss became {float(loss)} at epoch {trainer.current_epoch}, step {trainer.global_step} "
-                f"(batch {batch_idx}); the learning rate ({lr:g}) is most likely too high: lower --lr, or add "
+                f"the training loss became {float(loss)} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+                f"; the learning rate ({lr:g}) is most likely too high: lower --lr, or add "
                 "--gradient-clip-val 1.0. No checkpoint holds the diverged weights."
             )
 

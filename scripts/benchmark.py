@@ -695,12 +695,13 @@ def _case_lightning(
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available", no tips
 
+    from lit_mnist.cli.train import STEPS_PER_BATCH
     from lit_mnist.groups import StepGroups, group_size
 
     size = 1
     if groups:
         steps, _ = _epochs({"limit_batches": None}, opts["train_size"], batch_size)
-        size = group_size(10, steps, opts["limit_batches"])
+        size = group_size(STEPS_PER_BATCH, steps, opts["limit_batches"])
     model = MNISTClassifier(steps_per_batch=size)
     datamodule = MNISTDataModule(
         opts["data_dir"],

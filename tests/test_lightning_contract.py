@@ -98,7 +98,7 @@ def _sizes(batch: Any) -> list[int]:
     [
         (1, 32),  # 16 batches: 15 of 32 and a last one of 20
         (10, 25),  # 20 batches of 25, in 2 step groups of 10
-        (10, 32),  # 16 batches in step groups of 10 and 6
+        (4, 32),  # 16 batches in 4 step groups of 4, the last with a batch of 20
     ],
 )
 def test_a_callback_sees_every_batch(tiny_data: Path, steps_per_batch: int, batch_size: int) -> None:
@@ -124,18 +124,17 @@ def test_a_callback_sees_every_batch(tiny_data: Path, steps_per_batch: int, batc
         for _, batch in seen:
             if steps_per_batch == 1:
                 assert isinstance(batch[0], Tensor) and len(batch) == 2  # an (images, targets) pair
-            else:  # a step group: a list of up to steps_per_batch (images, targets) pairs
+            else:  # a step group: a list of steps_per_batch (images, targets) pairs
                 assert isinstance(batch, list)
                 assert all(len(pair) == 2 and isinstance(pair[0], Tensor) for pair in batch)
             sizes.append(_sizes(batch))
-        # Every group but the epoch's last holds steps_per_batch batches; the last the rest.
-        assert [len(group) for group in sizes] == [
-            min(steps_per_batch, batches - i * steps_per_batch) for i in range(items)
-        ]
+        assert [len(group) for group in sizes] == [steps_per_batch] * items
         flat = [size for group in sizes for size in group]
         assert flat[:-1] == [batch_size] * (batches - 1)
         assert flat[-1] == TRAIN_SIZE - batch_size * (batches - 1)  # the epoch's last batch may be smaller
     # One backward pass and one optimizer step per batch of batch_size, whatever the grouping.
+    if steps_per_batch > 1:
+        assert batches % steps_per_batch == 0
     assert recorder.backwards == batches * epochs
     assert trainer.global_step == batches * epochs
 

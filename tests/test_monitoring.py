@@ -28,6 +28,7 @@ from lit_mnist.callbacks import (
     _confusion_matrix_metric,
 )
 from lit_mnist.cli.train import build_trainer, parse_args, train_main
+from lit_mnist.groups import StepGroupPlan
 
 SCALARS = (
     "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc",
@@ -185,7 +186,7 @@ def test_resumed_run_draws_every_epoch(run_args: list[str], tmp_path: Path) -> N
 
 
 def test_fast_dev_run_has_no_monitoring(run_args: list[str]) -> None:
-    trainer = build_trainer(parse_args([*run_args, "--fast-dev-run"]), None)
+    trainer = build_trainer(parse_args([*run_args, "--fast-dev-run"]), None, StepGroupPlan(1, 1))
     monitoring = (EpochSpeed, PredictionImages, TrainingCurves, ParameterHistograms)
     assert not [cb for cb in trainer.callbacks if isinstance(cb, monitoring)]  # type: ignore[attr-defined]
 

@@ -251,7 +251,9 @@ def test_nan_loss_stops_and_keeps_the_checkpoints(
     assert train_main([*run_args, "--max-epochs", "4", "--log-dir", str(tmp_path / "nan")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith("train.py: error: the training loss became nan at epoch 2, step 41 (batch 8)")
+    assert err[0].startswith(
+        "train.py: error: the training loss became nan at epoch 2, step 41; the learning rate"
+    )
     assert "is most likely too high: lower --lr" in err[0]
     _assert_same_weights(tmp_path / "good" / "version_0", tmp_path / "nan" / "version_0")
     for path in (tmp_path / "nan" / "version_0" / "checkpoints").iterdir():

@@ -273,9 +273,13 @@ def test_group_size_divides_every_step_count() -> None:
     assert (
         StepGroupPlan(10, 10).notice().startswith("Step groups: on, 10 optimizer steps per Lightning batch")
     )
+    clip = StepGroupPlan(1, 10, "--gradient-clip-val needs one step per batch", ruled_out=True)
+    assert clip.notice().endswith(
+        "one optimizer step per Lightning batch (--gradient-clip-val needs one step per batch)."
+    )
     assert (
-        "(--gradient-clip-val"
-        in StepGroupPlan(1, 10, "--gradient-clip-val needs one step per batch").notice()
+        "(no group size above 1 divides 27 optimizer steps"
+        in StepGroupPlan(1, 10, "27 optimizer steps").notice()
     )
 
 
@@ -322,7 +326,7 @@ def test_train_py_runs_step_groups_by_default_and_says_so(
         (["--gradient-clip-val", "1.0"], "Step groups: off, one optimizer step per Lightning batch (--gradient-clip-val"),
         (["--loader", "torchvision"], "(--loader torchvision yields one batch at a time)"),
         (["--ckpt-every-n-steps", "5"], "on, 5 optimizer steps per Lightning batch (lowered from 10: --ckpt-every-n-steps 5)"),
-        (["--batch-size", "40"], "off, one optimizer step per Lightning batch (13 optimizer steps per epoch at --batch-size 40"),
+        (["--batch-size", "40"], "off, one optimizer step per Lightning batch (no group size above 1 divides 13 optimizer steps per epoch at --batch-size 40"),
     ],
 )  # fmt: skip
 def test_a_flag_that_rules_groups_out_or_lowers_them_is_named(
@@ -371,7 +375,11 @@ def test_resume_with_another_group_size_is_one_line_and_keeps_the_checkpoint(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "--steps-per-batch the checkpoint was written by a run with 10 optimizer step(s)" in err[0]
+    assert (
+        "--ckpt-path" in err[0]
+        and "was written by a run with 10 optimizer step(s) per training batch" in err[0]
+    )
+    assert "this run takes 1" in err[0]
     assert last.read_bytes() == before  # not replaced by a half-restored state
     assert train_main([*args, "--ckpt-path", "last"]) == 0  # the same flags resume
     assert torch.load(last, weights_only=True)["global_step"] == 40
@@ -414,3 +422,21 @@ def test_two_process_ddp_groups_equal_one_step_per_batch(run_args: list[str], tm
         weights[steps] = checkpoint["state_dict"]
     for name, value in weights["1"].items():
         assert torch.equal(value, weights["10"][name]), name
+
+
+def test_a_group_size_that_does_not_divide_the_epoch_is_refused(tiny_data: Path) -> None:
+    """A short last group would shift every step Lightning counts after it."""
+    with pytest.raises(ConfigError, match=r"must divide the 20 training batches per epoch .* got 3"):
+        _fit(tiny_data, None, 3)
+
+
+def test_the_datamodule_serves_predictions(tiny_data: Path) -> None:
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    datamodule = MNISTDataModule(str(tiny_data), batch_size=50, val_size=100, download=False)
+    batches = trainer.predict(MNISTClassifier(), datamodule=datamodule)
+    assert batches is not None
+    probabilities = torch.cat(batches)  # type: ignore[arg-type]
+    assert probabilities.shape == (200, 10)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(200))

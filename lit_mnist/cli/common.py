@@ -13,7 +13,7 @@ import typing
 from argparse import ArgumentError
 from collections import abc
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import docstring_parser
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
@@ -45,11 +45,9 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
     if m := re.match(r"the following arguments are required: (.*)", message):
         names = [flag(n.strip()) for n in m[1].split(",")]
         return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required (see --help)"
-    if m := re.match(r"argument (--[\w-]+): invalid choice: (\S+) \(choose from (.*)\)", message):
-        return f"{m[1]} must be one of {m[3].replace(chr(39), '')}; got {m[2]}"
-    if m := re.match(
-        r'Parser key "(\w+)":\s*Expected a typing\.Literal\[(.*)\]\. Got value: (.*)', message, re.S
-    ):
+    # a choice (a Literal type), also as one of a union's types (an optional choice)
+    literal = r'Parser key "(\w+)":.*?Expected a typing\.Literal\[([^\]]*)\].*?(?:Got|Given) value: (.*)'
+    if m := re.match(literal, message, re.S):
         return f"{flag(m[1])} must be one of {m[2].replace(chr(39), '')}; got {m[3].strip()!r}"
     if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):
         return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]}, got {m[3].strip()!r}"
@@ -118,8 +116,7 @@ def checkpoint_parser(prog: str, description: str) -> ArgumentParser:
     parser.add_argument("--ckpt-path", type=str, required=True, help="A .ckpt file written by training.")
     parser.add_argument(
         "--dataset",
-        type=str,
-        choices=list(DATAMODULES),
+        type=Literal[tuple(DATAMODULES)] | None,
         default=None,
         help=f"Dataset of the checkpoint (default: the run's {CONFIG_NAME}, else mnist).",
     )

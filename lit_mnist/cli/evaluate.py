@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ArgumentParser
 
@@ -31,11 +32,10 @@ def get_parser(prog: str = "evaluate.py") -> ArgumentParser:
         help="Folder holding <Dataset>/raw (default: the checkpoint's, else $LIT_MNIST_DATA_DIR or ./data).",
     )
     parser.add_argument("--batch-size", type=int | None, default=None, help="Default: the checkpoint's.")
-    parser.add_argument("--accelerator", type=str, choices=list(ACCELERATORS), default="auto")
+    parser.add_argument("--accelerator", type=Literal[ACCELERATORS], default="auto")
     parser.add_argument(
         "--precision",
-        type=str,
-        choices=list(PRECISIONS),
+        type=Literal[PRECISIONS] | None,
         default=None,
         help=f"Default: the run's {CONFIG_NAME}, else 32-true.",
     )

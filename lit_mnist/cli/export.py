@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jsonargparse import ArgumentParser
@@ -24,7 +25,7 @@ from lit_mnist.runtime import write_atomic
 def get_parser(prog: str = "export.py") -> ArgumentParser:
     """Flags of ``export``."""
     parser = checkpoint_parser(prog, "Export a checkpoint as ONNX or a torch.export program (.pt2).")
-    parser.add_argument("--format", type=str, choices=list(EXPORT_FORMATS), default="onnx")
+    parser.add_argument("--format", type=Literal[tuple(EXPORT_FORMATS)], default="onnx")
     parser.add_argument(
         "--output",
         type=str | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ArgumentParser
 
@@ -28,19 +29,17 @@ def get_parser(prog: str = "predict.py") -> ArgumentParser:
     )
     parser.add_argument(
         "--invert",
-        type=str,
-        choices=list(INVERT_CHOICES),
+        type=Literal[INVERT_CHOICES],
         default="auto",
         help="auto: invert dark-on-light images (the model expects light strokes on dark).",
     )
     parser.add_argument(
         "--fit",
-        type=str,
-        choices=list(FIT_CHOICES),
+        type=Literal[FIT_CHOICES],
         default="frame",
         help="frame: pad to square and resize; digit: crop and centre the strokes like MNIST's digits.",
     )
-    parser.add_argument("--accelerator", type=str, choices=list(ACCELERATORS), default="auto")
+    parser.add_argument("--accelerator", type=Literal[ACCELERATORS], default="auto")
     parser.add_argument("--batch-size", type=int, default=256, help="Images per batch.")
     return parser
 

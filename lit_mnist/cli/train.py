@@ -55,7 +55,13 @@ from lit_mnist.errors import (
 )
 from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar, group_size
 from lit_mnist.module import MNISTClassifier
-from lit_mnist.runtime import ACCELERATORS, PRECISION_ALIASES, PRECISIONS, check_accelerator
+from lit_mnist.runtime import (
+    ACCELERATORS,
+    PRECISION_ALIASES,
+    PRECISIONS,
+    check_accelerator,
+    ignore_upstream_deprecations,
+)
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
 RESULTS_NAME = "results.json"
@@ -275,9 +281,12 @@ def build_model(cfg: Namespace, datamodule: MNISTDataModule, steps_per_batch: in
 
 
 def groups_ruled_out(cfg: Namespace) -> str:
-    """The flag that rules step groups out (why Lightning must take one step per batch), or ``""``."""
-    if cfg.steps_per_batch <= 1:
-        return f"--steps-per-batch {cfg.steps_per_batch}"
+    """The flag that rules step groups out (why Lightning must take one step per batch), or ``""``.
+
+    ``--steps-per-batch`` below 1 is not ruled out here: the constructors refuse it.
+    """
+    if cfg.steps_per_batch == 1:
+        return "--steps-per-batch 1"
     if cfg.loader != "memory":
         return f"--loader {cfg.loader} yields one batch at a time"
     if cfg.gradient_clip_val:
@@ -291,18 +300,19 @@ def groups_ruled_out(cfg: Namespace) -> str:
     return ""
 
 
-def plan_step_groups(cfg: Namespace, datamodule: MNISTDataModule) -> StepGroupPlan:
+def plan_step_groups(cfg: Namespace, datamodule: MNISTDataModule, ruled_out: str) -> StepGroupPlan:
     """The group size of the run: ``--steps-per-batch``, lowered to divide every step count Lightning checks.
 
     Reads the training split's size (``prepare_data`` and ``setup``, which Lightning's own calls then
-    find done) and the number of processes from the flags.
+    find done) and the number of processes from the flags. ``ruled_out``: :func:`groups_ruled_out`.
     """
     requested = cfg.steps_per_batch
-    if reason := groups_ruled_out(cfg):
-        return StepGroupPlan(1, requested, reason)
+    if ruled_out:
+        return StepGroupPlan(1, requested, ruled_out, ruled_out=True)
     processes = world_size(cfg)
     if processes is None:
-        return StepGroupPlan(1, requested, f"--devices {cfg.devices}: the number of processes is not known")
+        reason = f"--devices {cfg.devices}: the number of processes is not known"
+        return StepGroupPlan(1, requested, reason, ruled_out=True)
     datamodule.prepare_data()
     datamodule.setup("fit")
     per_process = math.ceil(len(datamodule.split("train")[1]) / processes)  # DDP pads the shards
@@ -335,23 +345,24 @@ def world_size(cfg: Namespace) -> int | None:
 
 def build_data_and_model(cfg: Namespace) -> tuple[MNISTDataModule, MNISTClassifier, StepGroupPlan]:
     """The datamodule and the module of a run, with the step-group plan they share (see ``build_trainer``)."""
-    candidate = 1 if groups_ruled_out(cfg) else cfg.steps_per_batch
+    ruled_out = groups_ruled_out(cfg)
+    candidate = 1 if ruled_out else cfg.steps_per_batch
     datamodule = build_datamodule(cfg, candidate)
     build_model(cfg, datamodule, candidate)  # its constructor checks the flags before the data are read
-    plan = plan_step_groups(cfg, datamodule)
+    plan = plan_step_groups(cfg, datamodule, ruled_out)
     if plan.size != candidate:  # lowered: the data are checked and parsed again
         datamodule = build_datamodule(cfg, plan.size)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same weights whatever was built before
     return datamodule, build_model(cfg, datamodule, plan.size), plan
 
 
-def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan | None = None) -> L.Trainer:
+def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L.Trainer:
     """The Trainer: TensorBoard in ``LOG_DIR/version_N``, best-by-``val/acc`` and last checkpoints.
 
     With step groups (``plan``), Lightning counts its logging interval in groups, the loggers write
     at optimizer steps and the progress bar counts optimizer steps (see :mod:`lit_mnist.groups`).
     """
-    size = plan.size if plan is not None else 1
+    size = plan.size
     logger = MonitoringTensorBoardLogger(  # a TensorBoardLogger that logs the model graph quietly, once
         save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False, log_graph=True
     )
@@ -374,7 +385,9 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan | Non
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
-        callbacks.append(StepProgressBar(size, refresh_rate=20))  # a redraw per step costs as much as a step
+        callbacks.append(
+            StepProgressBar(size, refresh_rate=20)
+        )  # a terminal write per step would be most of it
     if not cfg.fast_dev_run:  # fast_dev_run disables the logger: nothing to monitor into
         callbacks += [
             LearningRateMonitor(logging_interval="step"),
@@ -488,11 +501,8 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     try:
         trainer = _make_trainer(cfg, version, plan)
         run_dir = Path(cfg.log_dir) / f"version_{version}"
-        if trainer.is_global_zero and version is not None:
-            # Without ckpt_path: --config on this file repeats the whole run from scratch.
-            saved = cfg.clone()
-            saved.ckpt_path = None
-            (parser or get_parser()).save(saved, run_dir / CONFIG_NAME, overwrite=True)
+        if version is not None:
+            trainer.callbacks.append(SaveConfig(cfg, run_dir / CONFIG_NAME, parser or get_parser()))  # type: ignore[attr-defined]
 
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
@@ -560,6 +570,24 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     return results
 
 
+class SaveConfig(L.Callback):
+    """Writes the run's resolved flags to ``config.yaml`` when training starts (rank 0).
+
+    Not before: a resume that Lightning refuses while restoring the checkpoint (another group size,
+    a mid-epoch position that does not fit) leaves the run's file as it was. Without ``ckpt_path``,
+    ``--config`` on the file repeats the whole run from scratch.
+    """
+
+    def __init__(self, cfg: Namespace, path: Path, parser: ArgumentParser) -> None:
+        self.cfg, self.path, self.parser = cfg, path, parser
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            saved = self.cfg.clone()
+            saved.ckpt_path = None
+            self.parser.save(saved, self.path, overwrite=True)
+
+
 def _stop_signal(trainer: L.Trainer) -> str:
     graceful = [cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt)]  # type: ignore[attr-defined]
     return graceful[0].signal_name or "SIGTERM" if graceful else "SIGTERM"
@@ -614,10 +642,7 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Entry point of ``scripts/train.py``: parse, train, test, print the summary. Returns the exit status."""
-    # lightning 2.6.6 uses an API that torch 2.14 deprecates: not the user's business
-    warnings.filterwarnings(
-        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-    )
+    ignore_upstream_deprecations()
     cfg = parse_args(argv, prog)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
