@@ -181,8 +181,21 @@ class MNISTClassifier(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_acc.update(logits.detach(), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._written(self.trainer.global_step + 1):  # this step's batch, counted from 1
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _written(self, batches: int) -> bool:
+        """Whether the logger writes what is logged during the training batch that makes ``batches`` batches.
+
+        ``self.log`` costs a good part of a small step (Lightning moves the logged value's record to
+        the device at every call), so ``train/loss`` is logged only when Lightning writes it: every
+        ``log_every_n_steps`` training batches, and when the run is stopping. The points in the
+        logger are the same; ``trainer.callback_metrics["train/loss"]`` is refreshed at those steps.
+        """
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        return (bool(every) and batches % every == 0) or trainer.should_stop
 
     def training_group(self, group: Sequence[Batch], batch_idx: int) -> Tensor:
         """Take the optimizer steps of a step group, one per batch, as automatic optimization would.
@@ -196,7 +209,7 @@ class MNISTClassifier(L.LightningModule):
         one step per batch, and ``trainer.global_step`` counts every optimizer step.
 
         ``train/loss`` is the loss of the group's last step (what one step per batch logs at that
-        step); train accuracy is updated once per group. Returns the mean loss over the group's
+        step; see :meth:`_written`); train accuracy is updated once per group. Returns the mean loss over the group's
         samples, which callbacks see as this batch's loss.
         """
         if not group or isinstance(group[0], Tensor):
@@ -210,17 +223,18 @@ class MNISTClassifier(L.LightningModule):
         epoch = trainer.current_epoch
         configs = trainer.lr_scheduler_configs
         first = batch_idx * self.steps_per_batch  # the index of the group's first step in the epoch
-        losses, preds, sizes = [], [], []
+        losses, logits, sizes = [], [], []
         for offset, (x, y) in enumerate(group):
             step = first + offset
             closure = _StepClosure(self, x, y, optimizer, epoch, step)
             self.optimizer_step(epoch, step, optimizer, closure)
             losses.append(closure.loss)
-            preds.append(closure.preds)
+            logits.append(closure.logits)
             sizes.append(len(y))
             self._step_schedulers(configs, "step", step + 1)
-        self.train_acc.update(torch.cat(preds), torch.cat([y for _, y in group]))
-        self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
+        self.train_acc.update(torch.cat(logits).argmax(dim=-1), torch.cat([y for _, y in group]))
+        if self._written(trainer.global_step // self.steps_per_batch):  # groups done, this one included
+            self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
         if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last group
             self._step_schedulers(configs, "epoch", epoch + 1)
         stacked = torch.stack(losses)
@@ -416,7 +430,7 @@ class MNISTClassifier(L.LightningModule):
 class _StepClosure:
     """One step of a group as an optimizer closure: forward, loss, the zero-grad hooks, backward.
 
-    After it has run, ``loss`` and ``preds`` hold the step's loss and top-1 predictions (detached).
+    After it has run, ``loss`` and ``logits`` hold the step's loss and logits (detached).
     """
 
     def __init__(
@@ -430,13 +444,13 @@ class _StepClosure:
             epoch,
             step,
         )
-        self.loss = self.preds = torch.empty(0)
+        self.loss = self.logits = torch.empty(0)
 
     def __call__(self) -> Tensor:
         module = self.module
         logits = module(self.x)
         loss = module.criterion(logits, self.y)
-        self.loss, self.preds = loss.detach(), logits.detach().argmax(dim=-1)
+        self.loss, self.logits = loss.detach(), logits.detach()
         module.on_before_zero_grad(self.optimizer)
         module.optimizer_zero_grad(self.epoch, self.step, self.optimizer)
         module.manual_backward(loss)
