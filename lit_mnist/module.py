@@ -194,7 +194,7 @@ class MNISTClassifier(L.LightningModule):
         logger are the same; ``trainer.callback_metrics["train/loss"]`` is refreshed at those steps.
         """
         trainer = self.trainer
-        every = trainer.log_every_n_steps
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # Trainer(log_every_n_steps=...)
         return (bool(every) and batches % every == 0) or trainer.should_stop
 
     def training_group(self, group: Sequence[Batch], batch_idx: int) -> Tensor:
