@@ -78,3 +78,86 @@ def real_data_dir() -> Path:
     if not REAL_DATA or not (Path(REAL_DATA) / "MNIST" / "raw").is_dir():
         pytest.skip(f"set {DATA_DIR_ENV} to a folder holding MNIST/raw to run the real-data tests")
     return Path(REAL_DATA).resolve()  # absolute: some tests run train.py in another working folder
+
+
+# --------------------------------------------------------------------------- servers a test starts
+# (appended here so that the fixtures above stay as they were; the imports serve only what follows)
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from http.client import HTTPException  # noqa: E402
+from types import TracebackType  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+
+class RunningServer:
+    """A server the test starts on a free loopback port and always stops (``with RunningServer(...) as url``).
+
+    ``command(port)`` runs in its own process group, its output going to ``log``; entering waits until
+    ``GET http://127.0.0.1:PORT<ready>`` answers 200 and gives that base URL. A server that exits first or
+    does not answer within ``timeout`` seconds is stopped and reported through ``on_error`` (``pytest.fail``,
+    or ``pytest.skip`` where a machine that cannot run the server is not the project's fault) with the end
+    of its output. Leaving stops the whole group: SIGTERM, then SIGKILL for what is left.
+    """
+
+    def __init__(
+        self,
+        command: Callable[[int], Sequence[str]],
+        ready: str,
+        log: Path,
+        timeout: float = 60.0,
+        on_error: Callable[[str], NoReturn] = pytest.fail,
+    ) -> None:
+        self.command, self.ready, self.log = command, ready, log
+        self.timeout, self.on_error = timeout, on_error
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        with socket.socket() as sock:  # a port free now; the server binds it a moment later
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        argv = [str(arg) for arg in self.command(port)]
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + self.timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + self.ready, timeout=5) as response:
+                    if response.status == 200:
+                        return url
+            except (OSError, HTTPException):  # refused, reset, 5xx while starting: not up yet
+                pass
+            time.sleep(0.25)
+        status = self.process.poll()
+        what = f"gave no answer in {self.timeout:.0f} s" if status is None else f"exited with status {status}"
+        self._stop()
+        tail = self.log.read_text(errors="replace")[-4000:]
+        self.on_error(f"{' '.join(argv)}: {what} to GET {self.ready}; its output ends:\n{tail}")
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.process is None:
+            return
+        group = self.process.pid  # start_new_session: the server leads its own process group
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: children that outlive their leader, or a hang
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:  # nothing of the group is left
+                break
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.wait(timeout=20)
+        self.process = None
