@@ -12,9 +12,10 @@
 None of them adds work to the hot loop beyond a few small device ops: nothing per step is read on
 the host (batch sizes come from tensor shapes, which are host metadata), predictions and wrong
 examples stay on the device until one transfer at the end of the epoch, and every figure is drawn
-once per epoch. The image callbacks do nothing without a :class:`TensorBoardLogger` (e.g. under
-``fast_dev_run``, which disables loggers). They need the LightningModule's ``validation_step`` /
-``test_step`` to return ``{"preds": class indices}``.
+once per epoch. The images go to TensorBoard only when a :class:`TensorBoardLogger` is among the
+loggers; the PNG files go to the run folder whatever the loggers (none under ``fast_dev_run``, which
+disables loggers). They need the LightningModule's ``validation_step`` / ``test_step`` to return
+``{"preds": class indices}``.
 
 Figures are drawn with matplotlib's Agg canvas directly, without ``pyplot``, so no global backend is
 switched and no window can open. matplotlib lays out every text label on its own, which is slow
@@ -61,6 +62,25 @@ CURVES_IN = (10.0, 4.0)
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     """The trainer's TensorBoard logger, or None (no logger, ``fast_dev_run``'s dummy, another kind)."""
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def epoch_end_step(trainer: L.Trainer) -> int:
+    """The step at which Lightning writes what ``self.log`` logged at an epoch's end, for our images to match.
+
+    During ``fit``, validation and the training epoch's end come after the epoch's last optimizer step
+    and before Lightning counts it, so their values sit at ``global_step - 1`` (epoch 0 of 16 steps:
+    15); ``test`` and ``validate`` after a fit write at ``global_step`` itself.
+    """
+    fitting = trainer.state.fn == TrainerFn.FITTING
+    return trainer.global_step - 1 if fitting and trainer.global_step > 0 else trainer.global_step
+
+
+def _run_folder(trainer: L.Trainer, dirpath: str | Path | None) -> Path | None:
+    """Where a callback writes its files: ``dirpath``, else the first logger's folder, else nowhere."""
+    if dirpath is not None:
+        return Path(dirpath)
+    log_dir = trainer.loggers[0].log_dir if trainer.loggers else None
+    return Path(log_dir) if log_dir else None
 
 
 def written_figures(trainer: L.Trainer) -> dict[str, str]:
@@ -324,7 +344,7 @@ def curves_figure(history: Mapping[int, Mapping[str, float]]) -> np.ndarray:
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, style, label=f"{split}", markersize=4)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 0, as Lightning counts)")
         ax.set_ylabel(label)
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -389,6 +409,11 @@ class EpochSpeed(L.Callback):
     shape, which lives on the host: no device sync per step. The clock is read four times per epoch,
     each after one ``torch.cuda.synchronize`` on a GPU, so queued work is counted where it belongs.
     The values are logged with ``pl_module.log``, so they share the step of the epoch's other metrics.
+
+    Lightning's ``ThroughputMonitor`` measures something else: a windowed rate at every logging step,
+    counting Lightning's batches (step groups, with the fast path), synchronising a GPU after every
+    batch, and logging validation at the validation loop's own batch count; it has no epoch or
+    validation wall time.
     """
 
     def __init__(self) -> None:
@@ -435,7 +460,8 @@ class PredictionImages(L.Callback):
     Each validation epoch (not the sanity check) logs ``val/predictions`` (the first
     ``num_images`` validation images, captioned ``pred P / true T``), ``val/misclassified`` (the
     first ``num_misclassified`` wrong ones of the epoch) and ``val/confusion_matrix``; each test logs
-    ``test/confusion_matrix`` and writes ``confusion_matrix.png`` into the logger's folder.
+    ``test/confusion_matrix`` and writes ``confusion_matrix.png`` into the run folder (``dirpath``, else
+    the first logger's folder).
 
     Per batch the work stays on the device and is never read on the host: the confusion matrix is
     a torchmetrics state updated with ``scatter_add_``, and the wrong examples are kept by a stable
@@ -445,7 +471,10 @@ class PredictionImages(L.Callback):
     figures are drawn on rank 0. The confusion matrix is summed over all processes.
     """
 
-    def __init__(self, num_images: int = 32, num_misclassified: int = 32) -> None:
+    def __init__(
+        self, num_images: int = 32, num_misclassified: int = 32, dirpath: str | Path | None = None
+    ) -> None:
+        self.dirpath = dirpath
         self.num_images = num_images
         self.num_misclassified = num_misclassified
         self.figures: dict[str, str] = {}
@@ -458,7 +487,8 @@ class PredictionImages(L.Callback):
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first = self._wrong = None
-        if tensorboard_logger(trainer) is None:
+        testing_to_file = trainer.testing and _run_folder(trainer, self.dirpath) is not None
+        if tensorboard_logger(trainer) is None and not testing_to_file:
             self._matrix = None
             return
         num_classes = getattr(
@@ -552,7 +582,7 @@ class PredictionImages(L.Callback):
         counts = self._matrix_counts()
         logger = tensorboard_logger(trainer)
         if trainer.is_global_zero and logger is not None and counts is not None:
-            step = trainer.global_step
+            step = epoch_end_step(trainer)
             experiment = logger.experiment
             datamodule = getattr(trainer, "datamodule", None)
             if self._first is not None:
@@ -585,24 +615,29 @@ class PredictionImages(L.Callback):
         if not self._active(trainer):
             return
         counts = self._matrix_counts()
-        logger = tensorboard_logger(trainer)
-        if trainer.is_global_zero and logger is not None and counts is not None:
-            image = confusion_matrix_figure(counts, "test")
-            add_png(logger.experiment, "test/confusion_matrix", image, trainer.global_step)
-            path = Path(logger.log_dir) / CONFUSION_MATRIX_NAME
+        if not trainer.is_global_zero or counts is None:
+            return
+        image = confusion_matrix_figure(counts, "test")
+        if (logger := tensorboard_logger(trainer)) is not None:
+            add_png(logger.experiment, "test/confusion_matrix", image, epoch_end_step(trainer))
+        if (folder := _run_folder(trainer, self.dirpath)) is not None:
+            path = folder / CONFUSION_MATRIX_NAME
             _save_png(image, path)
             self.figures["confusion_matrix"] = str(path)
 
 
 class TrainingCurves(L.Callback):
-    """``curves.png`` in the logger's folder at the end of ``fit``: loss and accuracy per epoch, train and val.
+    """``curves.png`` in the run folder at the end of ``fit``: loss and accuracy per epoch, train and val.
+
+    The folder is ``dirpath``, else the first logger's folder.
 
     Per epoch it keeps ``train/loss`` (the mean of the steps' losses, summed on the device and read
     once per epoch), ``train/acc``, ``val/loss`` and ``val/acc`` (as logged by the module). The
     history is plain numbers saved in checkpoints, so a resumed run draws every epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dirpath: str | Path | None = None) -> None:
+        self.dirpath = dirpath
         self.figures: dict[str, str] = {}
         self.history: dict[int, dict[str, float]] = {}
         self._loss_sum: Tensor | None = None
@@ -648,10 +683,10 @@ class TrainingCurves(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record(trainer, trainer.current_epoch - 1, ["train/acc"])
-        logger = tensorboard_logger(trainer)
-        if logger is None or not trainer.is_global_zero or not self.history:
+        folder = _run_folder(trainer, self.dirpath)
+        if folder is None or not trainer.is_global_zero or not self.history:
             return
-        path = Path(logger.log_dir) / CURVES_NAME
+        path = folder / CURVES_NAME
         _save_png(curves_figure(self.history), path)
         self.figures["curves"] = str(path)
 
@@ -689,7 +724,7 @@ class ParameterHistograms(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = tensorboard_logger(trainer)
         if logger is not None and trainer.is_global_zero:
-            experiment, step = logger.experiment, trainer.global_step
+            experiment, step = logger.experiment, epoch_end_step(trainer)
             for name, param in pl_module.named_parameters():
                 experiment.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
             for name, grad in (self._grads or {}).items():

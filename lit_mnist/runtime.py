@@ -102,6 +102,24 @@ def ignore_upstream_deprecations() -> None:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
+class _NoAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing ..." advertisements for its cloud products."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_ADVERTISEMENTS = _NoAdvertisements()
+
+
+def hide_advertisements() -> None:
+    """Keep Lightning's advertisements out of the terminal (its other start-up notes stay)."""
+    for name in (LIGHTNING_LOGGER, f"{LIGHTNING_LOGGER}.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _NO_ADVERTISEMENTS not in logger.filters:
+            logger.addFilter(_NO_ADVERTISEMENTS)
+
+
 def quiet_trainer(accelerator: str = "auto", precision: str = "32-true", **overrides: Any) -> L.Trainer:
     """A one-device Trainer that writes nothing: no logger, no checkpoints, no progress bar, no summary.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -94,6 +95,9 @@ class NonFiniteLossGuard(L.Callback):
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` after every epoch (and every N steps), and when SIGTERM or Ctrl-C stops the run.
 
+    Lightning's ``OnExceptionCheckpoint`` saves on every exception; this one does not save the diverged
+    weights of a NaN loss, nor a half-restored state when a resume fails before training starts.
+
     Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
     same step, so it can lag behind; this one always follows the latest epoch. On an exception it
     saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights) and
@@ -103,9 +107,10 @@ class LastCheckpoint(ModelCheckpoint):
 
     _training_started = False
 
-    def __init__(self, every_n_train_steps: int | None = None) -> None:
+    def __init__(self, dirpath: str | Path | None = None, every_n_train_steps: int | None = None) -> None:
         self.every_n_steps = every_n_train_steps or 0
         super().__init__(
+            dirpath=dirpath,
             filename="last",
             monitor=None,
             save_top_k=1,

@@ -140,8 +140,12 @@ def test_hparams_graph_and_no_histograms_by_default(tiny_run: tuple[Path, str]) 
     events = Events(tiny_run[0])
     plugin = events.hparams()
     experiment = plugin["_hparams_/experiment"].experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc_best", "test/acc"}
-    assert {"lr", "optimizer", "hidden_sizes"} <= {h.name for h in experiment.hparam_infos}
+    # under their own tags: the curves val/acc_best and test/acc keep their points (see test_tensorboard_server)
+    assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_acc_best", "hp/test_acc"}
+    # the module's and the datamodule's hyperparameters
+    assert {"lr", "optimizer", "hidden_sizes", "batch_size", "val_size"} <= {
+        h.name for h in experiment.hparam_infos
+    }
     assert plugin["_hparams_/session_start_info"].session_start_info.hparams["lr"].number_value == 0.01
     assert events.has_graph()
     assert not events.tags("histograms")

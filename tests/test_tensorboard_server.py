@@ -31,7 +31,8 @@ STEPS_PER_EPOCH = 16  # ceil(500 / 32) optimizer steps
 LOG_EVERY = 5  # --log-every-n-steps
 #: Steps count optimizer steps from 0; an epoch's points sit at the step of its last optimizer step.
 EPOCH_ENDS = [(epoch + 1) * STEPS_PER_EPOCH - 1 for epoch in range(EPOCHS)]  # [15, 31]
-FINAL_STEP = EPOCH_ENDS[-1]
+#: ``test`` after ``fit`` writes at ``global_step``, the count of optimizer steps taken, as Lightning does.
+TEST_STEP = EPOCHS * STEPS_PER_EPOCH  # 32
 PER_EPOCH_SCALARS = ("train/acc", "val/loss", "val/acc", "val/acc_best", "perf/epoch_time_s")
 VAL_IMAGES = ("val/predictions", "val/misclassified", "val/confusion_matrix")
 #: The HParams tab's metrics, each under its own tag, and the results.json key holding its value.
@@ -129,8 +130,8 @@ def test_train_loss_every_log_every_n_steps(served: Served) -> None:
 
 
 @pytest.mark.parametrize(("tag", "key"), [("test/acc", "test_acc"), ("test/loss", "test_loss")])
-def test_test_metrics_are_one_point_at_the_final_step(served: Served, tag: str, key: str) -> None:
-    assert served.scalars(tag) == [(FINAL_STEP, pytest.approx(served.results[key], abs=1e-6))]
+def test_test_metrics_are_one_point_at_global_step(served: Served, tag: str, key: str) -> None:
+    assert served.scalars(tag) == [(TEST_STEP, pytest.approx(served.results[key], abs=1e-6))]
 
 
 def test_hparams_metrics_have_their_own_tags(served: Served) -> None:
@@ -143,7 +144,7 @@ def test_hparams_metrics_have_their_own_tags(served: Served) -> None:
 def test_images_one_per_epoch_and_one_for_test(served: Served) -> None:
     tags = served.get("/data/plugin/images/tags")[RUN]
     assert {*VAL_IMAGES, "test/confusion_matrix"} <= set(tags)
-    expected = {**dict.fromkeys(VAL_IMAGES, EPOCH_ENDS), "test/confusion_matrix": [FINAL_STEP]}
+    expected = {**dict.fromkeys(VAL_IMAGES, EPOCH_ENDS), "test/confusion_matrix": [TEST_STEP]}
     images = {tag: served.get("/data/plugin/images/images", run=RUN, tag=tag) for tag in expected}
     assert {tag: [image["step"] for image in found] for tag, found in images.items()} == expected
     for tag, found in images.items():  # each one as the browser fetches it: a PNG

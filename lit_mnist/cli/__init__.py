@@ -22,10 +22,31 @@ COMMANDS = {
 }
 
 
+#: One line per command, for ``lit-mnist --help``.
+SUMMARIES = {
+    "train": "train a model and test it (python scripts/train.py)",
+    "evaluate": "test a checkpoint: loss, accuracy, per-class accuracy, confusion matrix",
+    "predict": "classify image files with a checkpoint",
+    "export": "export a checkpoint as ONNX or a torch.export program",
+}
+USAGE = "usage: lit-mnist {train,evaluate,predict,export} [flags]   (lit-mnist COMMAND --help for its flags)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``lit-mnist train|evaluate|predict|export [flags]``: the installed console command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE + "\n\ncommands:")
+        for name, summary in SUMMARIES.items():
+            print(f"  {name:<10}{summary}")
+        return 0
+    if args[:1] == ["--version"]:
+        from lit_mnist import __version__
+
+        print(f"lit-mnist {__version__}")
+        return 0
     if not args or args[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
         usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(COMMANDS)}")
     command = importlib.import_module(COMMANDS[args[0]])
     return int(command.main(args[1:], prog=f"lit-mnist {args[0]}"))

@@ -46,7 +46,7 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
         names = [flag(n.strip()) for n in m[1].split(",")]
         return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required (see --help)"
     # a choice (a Literal type), also as one of a union's types (an optional choice)
-    literal = r'Parser key "(\w+)":.*?Expected a typing\.Literal\[([^\]]*)\].*?(?:Got|Given) value: (.*)'
+    literal = r'Parser key "(\w+)"[^:]*:.*?Expected a typing\.Literal\[([^\]]*)\].*?(?:Got|Given) value: (.*)'
     if m := re.match(literal, message, re.S):
         return f"{flag(m[1])} must be one of {m[2].replace(chr(39), '')}; got {m[3].strip()!r}"
     if m := re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S):

@@ -27,14 +27,14 @@ import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_mnist.callbacks import (
     EpochSpeed,
-    MonitoringTensorBoardLogger,
     ParameterHistograms,
     PredictionImages,
     TrainingCurves,
@@ -54,17 +54,27 @@ from lit_mnist.errors import (
     UsageError,
 )
 from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar, group_size
+from lit_mnist.loggers import (
+    LOGGERS,
+    MLFLOW_EXPERIMENT,
+    build_loggers,
+    check_installed,
+    finish_runs,
+    log_artifacts,
+)
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import (
     ACCELERATORS,
     PRECISION_ALIASES,
     PRECISIONS,
     check_accelerator,
+    hide_advertisements,
     ignore_upstream_deprecations,
 )
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
 RESULTS_NAME = "results.json"
+PROFILERS = ("simple", "advanced", "pytorch")
 #: Set by the launching process so that DDP's re-launched processes log into the same run folder.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 
@@ -87,6 +97,7 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         description="Train an MNIST-family classifier with PyTorch Lightning.",
         exit_on_error=False,
         default_env=False,
+        print_config="--print-config",  # dashed, like every other flag
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML file whose keys are these flags' names."
@@ -168,6 +179,31 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         help="Also write last.ckpt every N training steps.",
     )
     ckpt.add_argument(
+        "--logger",
+        type=Literal[LOGGERS],
+        nargs="+",
+        default=["tensorboard", "csv"],
+        help="Loggers, any of them: tensorboard, csv (metrics.csv), mlflow, wandb (the last two are extras: "
+        'pip install -e ".[mlflow]").',
+    )
+    ckpt.add_argument(
+        "--mlflow-tracking-uri",
+        type=str | None,
+        default=None,
+        help="MLflow tracking URI, e.g. http://host:5000 for a shared server (default: a local store, "
+        "sqlite:///LOG_DIR/mlflow.db with artifacts in LOG_DIR/mlartifacts).",
+    )
+    ckpt.add_argument(
+        "--mlflow-experiment", type=str, default=MLFLOW_EXPERIMENT, help="MLflow experiment name."
+    )
+    ckpt.add_argument(
+        "--profiler",
+        type=Literal[PROFILERS] | None,
+        default=None,
+        help="Lightning's profiler: simple (time per hook), advanced (cProfile per hook) or pytorch (operators, "
+        "and a trace in the run folder for TensorBoard's profiler plugin); its report goes to the run folder.",
+    )
+    ckpt.add_argument(
         "--log-histograms",
         action=ActionYesNo(no_prefix="no-"),
         default=False,
@@ -233,6 +269,7 @@ def check_config(cfg: Namespace) -> None:
             "or another name in Lightning's StrategyRegistry"
         )
     check_accelerator(cfg.accelerator)
+    check_installed(cfg.logger)
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
     if cfg.precision in ("16-mixed", "16") and on_cpu:
         raise UsageError(
@@ -363,25 +400,30 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
     at optimizer steps and the progress bar counts optimizer steps (see :mod:`lit_mnist.groups`).
     """
     size = plan.size
-    logger = MonitoringTensorBoardLogger(  # a TensorBoardLogger that logs the model graph quietly, once
-        save_dir=cfg.log_dir, name="", version=version, default_hp_metric=False, log_graph=True
+    run_dir = Path(cfg.log_dir) / f"version_{version}"
+    checkpoints = run_dir / "checkpoints"  # whichever loggers there are
+    loggers = (
+        []
+        if cfg.fast_dev_run
+        else build_loggers(cfg.logger, cfg.log_dir, version, cfg.mlflow_tracking_uri, cfg.mlflow_experiment)
     )
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
+            dirpath=checkpoints,
             filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
             monitor="val/acc",
             mode="max",
             save_top_k=cfg.save_top_k,
             auto_insert_metric_name=False,
         ),
-        LastCheckpoint(),
+        LastCheckpoint(checkpoints),
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]
     if size > 1:
         callbacks.append(StepGroups(size))
     if cfg.ckpt_every_n_steps:
-        callbacks.append(LastCheckpoint(every_n_train_steps=cfg.ckpt_every_n_steps))
+        callbacks.append(LastCheckpoint(checkpoints, every_n_train_steps=cfg.ckpt_every_n_steps))
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
     if cfg.progress_bar:
@@ -392,8 +434,8 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         callbacks += [
             LearningRateMonitor(logging_interval="step"),
             EpochSpeed(),
-            TrainingCurves(),
-            PredictionImages(),
+            TrainingCurves(run_dir),
+            PredictionImages(dirpath=run_dir),
         ]
         if cfg.log_histograms:
             callbacks.append(ParameterHistograms())
@@ -417,10 +459,24 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         fast_dev_run=cfg.fast_dev_run,
         log_every_n_steps=cfg.log_every_n_steps // size,  # Lightning counts its batches: groups
         enable_progress_bar=cfg.progress_bar,
-        logger=logger,
+        logger=loggers,
         callbacks=callbacks,
+        profiler=build_profiler(cfg.profiler, run_dir),
         **limits,
     )
+
+
+def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
+    """Lightning's profiler ``name``, reporting into the run folder (``profile*.txt``; a trace for ``pytorch``)."""
+    if name is None:
+        return None
+    if name == "simple":
+        return SimpleProfiler(dirpath=run_dir, filename="profile")
+    if name == "advanced":
+        return AdvancedProfiler(dirpath=run_dir, filename="profile")
+    # TensorBoard's profiler plugin (pip install torch-tb-profiler) reads the trace from the run folder
+    trace = torch.profiler.tensorboard_trace_handler(str(run_dir / "profiler"))
+    return PyTorchProfiler(dirpath=run_dir, filename="profile", on_trace_ready=trace)
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path:
@@ -498,6 +554,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     owns_env = RUN_VERSION_ENV not in os.environ and version is not None
     if owns_env:
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
+    trainer, finished = None, False
     try:
         trainer = _make_trainer(cfg, version, plan)
         run_dir = Path(cfg.log_dir) / f"version_{version}"
@@ -545,29 +602,44 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             )
         except torch.OutOfMemoryError as err:
             raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
+        results: dict[str, Any] = {
+            "test_acc": tested[0]["test/acc"],
+            "test_loss": tested[0]["test/loss"],
+            "val_acc_best": fit_metrics.get("val/acc_best"),
+            "epochs": trainer.current_epoch,
+            "best_checkpoint": best or None,
+            "last_checkpoint": str(Path(best).parent / "last.ckpt") if best else None,
+            "run_dir": str(run_dir) if version is not None else None,
+            # curves.png, confusion_matrix.png: written by the monitoring callbacks (rank 0)
+            "figures": written_figures(trainer),
+        }
+        if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
+            record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
+            (run_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+        finished = True
+        return results
     finally:
+        if trainer is not None:  # a W&B run stays open in the process until it is finished
+            finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
 
-    results: dict[str, Any] = {
-        "test_acc": tested[0]["test/acc"],
-        "test_loss": tested[0]["test/loss"],
-        "val_acc_best": fit_metrics.get("val/acc_best"),
-        "epochs": trainer.current_epoch,
-        "best_checkpoint": best or None,
-        "last_checkpoint": str(Path(best).parent / "last.ckpt") if best else None,
-        "run_dir": str(run_dir) if version is not None else None,
-        # curves.png, confusion_matrix.png: written by the monitoring callbacks (rank 0)
-        "figures": written_figures(trainer),
-    }
-    if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
-        assert isinstance(trainer.logger, TensorBoardLogger)
-        trainer.logger.log_hyperparams(
-            dict(model.hparams),
-            {"val/acc_best": results["val_acc_best"] or 0.0, "test/acc": results["test_acc"]},
-        )
-        (run_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
-    return results
+
+def record_results(trainer: L.Trainer, hparams: dict[str, Any], results: dict[str, Any]) -> None:
+    """What the loggers keep of a finished run: TensorBoard's HParams entry, MLflow's artifacts and run id.
+
+    TensorBoard's HParams tab links the module's and datamodule's hyperparameters to the run's results,
+    written under their own tags (``hp/val_acc_best``, ``hp/test_acc``): the server keeps one value per
+    tag and step, so writing them under the curves' tags would replace the curves' first points.
+    """
+    metrics = {"hp/val_acc_best": results["val_acc_best"] or 0.0, "hp/test_acc": results["test_acc"]}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, metrics)
+        elif isinstance(logger, MLFlowLogger):
+            results["mlflow_run_id"] = logger.run_id
+    files = [("checkpoints", results["best_checkpoint"])] if results["best_checkpoint"] else []
+    log_artifacts(trainer.loggers, files + [("figures", path) for path in results["figures"].values()])
 
 
 class SaveConfig(L.Callback):
@@ -598,6 +670,11 @@ def _make_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         return build_trainer(cfg, version, plan)
     except (MisconfigurationException, ValueError) as err:
         raise UsageError(" ".join(str(err).split())) from None
+    except OSError as err:  # a logger's files (metrics.csv, ...) cannot be written: disk full, ...
+        checkpoints = Path(cfg.log_dir) / f"version_{version}" / "checkpoints"
+        raise RunError(
+            f"{err} (starting the run's loggers; checkpoints written before are intact in {checkpoints})"
+        ) from None
 
 
 def _out_of_memory_message(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Path) -> str:
@@ -643,6 +720,7 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
 def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Entry point of ``scripts/train.py``: parse, train, test, print the summary. Returns the exit status."""
     ignore_upstream_deprecations()
+    hide_advertisements()
     cfg = parse_args(argv, prog)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()

@@ -1,0 +1,202 @@
+"""The loggers of a run, chosen by name: TensorBoard, CSV, MLflow, Weights & Biases.
+
+Each is Lightning's own logger with :class:`~lit_mnist.groups.OptimizerStepAxis` mixed in, so that
+with step groups every value is written at its optimizer step in every logger. TensorBoard and CSV
+write into the run folder ``LOG_DIR/version_N``; MLflow into a local store inside ``LOG_DIR`` unless a
+tracking URI is given (a shared server): ``sqlite:///LOG_DIR/mlflow.db`` and ``LOG_DIR/mlartifacts``; W&B into the run folder, offline unless the user has an API key.
+mlflow and wandb are optional extras of the package.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_mnist.callbacks import MonitoringTensorBoardLogger
+from lit_mnist.errors import UsageError
+from lit_mnist.groups import OptimizerStepAxis
+
+LoggerName = Literal["tensorboard", "csv", "mlflow", "wandb"]
+LOGGERS: tuple[str, ...] = get_args(LoggerName)
+#: The package each optional logger needs, installed with ``pip install -e ".[NAME]"``.
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+MLFLOW_EXPERIMENT = "lit_mnist"
+WANDB_PROJECT = "lit_mnist"
+
+
+class StepCSVLogger(OptimizerStepAxis, CSVLogger):  # type: ignore[misc]  # CSVLogger narrows log_metrics
+    """Lightning's ``CSVLogger`` (``metrics.csv``, ``hparams.yaml``), writing at optimizer steps.
+
+    It also appends to a ``metrics.csv`` that another process wrote (``ddp_spawn`` runs fit and test in
+    processes of their own, each with a fresh copy of the writer): the writer is told the columns
+    already in the file, so that a new column makes it rewrite the file with all of them.
+    """
+
+    @rank_zero_only
+    def save(self) -> None:
+        writer = self.experiment
+        path = Path(writer.metrics_file_path)
+        if path.is_file() and not writer.metrics_keys:
+            with open(path, newline="") as file:
+                writer.metrics_keys.extend(next(csv.reader(file), []))
+        super().save()
+
+
+class StepMLFlowLogger(OptimizerStepAxis, MLFlowLogger):
+    """Lightning's ``MLFlowLogger``, writing at optimizer steps."""
+
+
+class StepWandbLogger(OptimizerStepAxis, WandbLogger):
+    """Lightning's ``WandbLogger``, writing at optimizer steps."""
+
+
+def check_installed(names: Sequence[str]) -> None:
+    """Raise :class:`UsageError` naming the extra to install for a logger whose package is missing."""
+    for name in names:
+        if name in EXTRAS:
+            try:
+                importlib.import_module(EXTRAS[name])
+            except ImportError:
+                raise UsageError(
+                    f'--logger {name} needs the {EXTRAS[name]} package: pip install -e ".[{name}]" '
+                    f"(or pip install {EXTRAS[name]})"
+                ) from None
+
+
+def build_loggers(
+    names: Sequence[str],
+    log_dir: str | Path,
+    version: int | None,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_experiment: str = MLFLOW_EXPERIMENT,
+) -> list[Logger]:
+    """The loggers ``names`` for the run ``LOG_DIR/version_N``, in the order given.
+
+    Raises:
+        UsageError: a logger's package is not installed.
+    """
+    check_installed(names)
+    run = f"version_{version}"
+    loggers: list[Logger] = []
+    for name in dict.fromkeys(names):
+        if name == "tensorboard":  # the model graph, once and quietly; no hp_metric placeholder
+            loggers.append(
+                MonitoringTensorBoardLogger(
+                    save_dir=str(log_dir), name="", version=version, default_hp_metric=False, log_graph=True
+                )
+            )
+        elif name == "csv":
+            loggers.append(csv_logger(log_dir, version))
+        elif name == "mlflow":
+            loggers.append(
+                StepMLFlowLogger(
+                    experiment_name=mlflow_experiment,
+                    run_name=run,
+                    tracking_uri=mlflow_tracking_uri or local_mlflow_uri(log_dir),
+                    # a new experiment's artifacts beside the local store (a server decides its own)
+                    artifact_location=None
+                    if mlflow_tracking_uri
+                    else (Path(log_dir).resolve() / "mlartifacts").as_uri(),
+                    # the best checkpoint and the figures are logged as artifacts at the end of the run
+                    log_model=False,
+                )
+            )
+        elif name == "wandb":
+            run_dir = Path(log_dir) / run
+            run_dir.mkdir(parents=True, exist_ok=True)
+            loggers.append(
+                StepWandbLogger(
+                    name=run,
+                    project=WANDB_PROJECT,
+                    save_dir=str(run_dir),
+                    offline=wandb_offline(),
+                    log_model=False,
+                )
+            )
+    return loggers
+
+
+def csv_logger(log_dir: str | Path, version: int | None) -> StepCSVLogger:
+    """The CSV logger of the run, its ``metrics.csv`` kept across a resume.
+
+    Lightning's CSV writer deletes a ``metrics.csv`` it finds in a folder that is not empty when it
+    starts (with a warning). A resumed run's file is moved aside first, its rows written again by the
+    new writer, and the copy removed only once they are saved (put back if saving fails).
+    """
+    logger = StepCSVLogger(save_dir=str(log_dir), name="", version=version)
+    if getattr(rank_zero_only, "rank", 0) != 0:  # only rank 0 writes (and may move) the file
+        return logger
+    path = Path(logger.log_dir) / "metrics.csv"
+    kept = path.with_name("metrics.csv.resumed")
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        os.replace(path, kept)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        logger.experiment  # noqa: B018  (the writer starts now, before anything else writes into the folder)
+    try:
+        for row in rows:
+            values = {
+                key: _number(value) for key, value in row.items() if key != "step" and value not in ("", None)
+            }
+            logger.log_metrics(values, step=int(row["step"]))
+        if rows:
+            logger.save()
+    except OSError:
+        os.replace(kept, path)
+        raise
+    kept.unlink(missing_ok=True)
+    return logger
+
+
+def _number(text: str) -> float:
+    """A CSV cell as it was logged: ``"2"`` an int (the epoch), ``"0.97"`` a float."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def local_mlflow_uri(log_dir: str | Path) -> str:
+    """The MLflow store inside the log folder: the SQLite database ``LOG_DIR/mlflow.db`` (no server needed).
+
+    MLflow 3 refuses its older file store by default; its artifacts go to ``LOG_DIR/mlartifacts``.
+    """
+    return f"sqlite:///{Path(log_dir).resolve() / 'mlflow.db'}"
+
+
+def wandb_offline() -> bool:
+    """Whether W&B runs offline: unless the user has set ``WANDB_API_KEY`` or ``WANDB_MODE=online``."""
+    return os.environ.get("WANDB_MODE") != "online" and not os.environ.get("WANDB_API_KEY")
+
+
+def log_artifacts(loggers: Sequence[Logger], files: Sequence[tuple[str, str]]) -> None:
+    """Attach files to the run of every logger that keeps artifacts (MLflow): ``(folder, path)`` pairs."""
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
+            client: Any = logger.experiment
+            for folder, path in files:
+                client.log_artifact(logger.run_id, path, artifact_path=folder)
+
+
+def finish_runs(loggers: Sequence[Logger], succeeded: bool) -> None:
+    """End the W&B run of a finished ``train`` (rank 0), so that the next run in the process is a new one.
+
+    Lightning's ``WandbLogger`` leaves the run open (its ``finalize`` only uploads checkpoints): a second
+    ``train_main`` in a notebook or a sweep would otherwise write into the first run.
+    """
+    if getattr(rank_zero_only, "rank", 0) != 0 or not any(
+        isinstance(logger, WandbLogger) for logger in loggers
+    ):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish(exit_code=0 if succeeded else 1)
