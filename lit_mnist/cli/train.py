@@ -60,6 +60,7 @@ from lit_mnist.loggers import (
     build_loggers,
     check_installed,
     finish_runs,
+    local_mlflow_uri,
     log_artifacts,
 )
 from lit_mnist.module import MNISTClassifier
@@ -476,7 +477,8 @@ def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
         return AdvancedProfiler(dirpath=run_dir, filename="profile")
     # TensorBoard's profiler plugin (pip install torch-tb-profiler) reads the trace from the run folder
     trace = torch.profiler.tensorboard_trace_handler(str(run_dir / "profiler"))
-    return PyTorchProfiler(dirpath=run_dir, filename="profile", on_trace_ready=trace)
+    # acc_events: the report sums every profiled cycle (Lightning's schedule repeats), not the last one only
+    return PyTorchProfiler(dirpath=run_dir, filename="profile", on_trace_ready=trace, acc_events=True)
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path:
@@ -712,9 +714,34 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
         print(
             f"Train further:   add --ckpt-path last --max-epochs N (N > {results['epochs']}) to the same flags"
         )
-        print(f"TensorBoard:     tensorboard --logdir {cfg.log_dir}")
+        for label, line in logger_lines(results, cfg):
+            print(f"{label + ':':<17}{line}")
     for index, path in enumerate(results.get("figures", {}).values()):
         print(f"{'Figures:' if index == 0 else '':<17}{path}")
+
+
+def logger_lines(results: dict[str, Any], cfg: Namespace) -> list[tuple[str, str]]:
+    """Where to look at the run: one ``(label, line)`` per logger, and the profiler's report."""
+    run_dir = Path(results["run_dir"])
+    lines = []
+    if "tensorboard" in cfg.logger:
+        lines.append(("TensorBoard", f"tensorboard --logdir {cfg.log_dir}"))
+    if "csv" in cfg.logger:
+        lines.append(("Metrics", str(run_dir / "metrics.csv")))
+    if "mlflow" in cfg.logger and results.get("mlflow_run_id"):
+        store = cfg.mlflow_tracking_uri or local_mlflow_uri(cfg.log_dir)
+        where = f"at {store}" if cfg.mlflow_tracking_uri else f"(mlflow ui --backend-store-uri {store})"
+        lines.append(
+            ("MLflow", f"run {results['mlflow_run_id']} in experiment {cfg.mlflow_experiment} {where}")
+        )
+    if "wandb" in cfg.logger:
+        offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+        lines.append(("W&B", f"wandb sync {offline[-1]}" if offline else "the run's page on wandb.ai"))
+    if cfg.profiler is not None:
+        report = run_dir / "fit-profile.txt"
+        trace = "; trace for TensorBoard's profiler plugin in profiler/" if cfg.profiler == "pytorch" else ""
+        lines.append(("Profile", f"{report}{trace}"))
+    return lines
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
