@@ -45,7 +45,9 @@ def test_pytorch_profiler_writes_a_trace_for_tensorboard(
     assert "trace for TensorBoard's profiler plugin in profiler/" in capsys.readouterr().out
 
 
-def test_an_unknown_profiler_is_a_usage_error(run_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_profiler_is_a_usage_error(
+    run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         train_main([*run_args, "--profiler", "fast"])
     assert info.value.code == 2
