@@ -140,7 +140,7 @@ def test_script_reports_usage_errors_without_traceback() -> None:
         [sys.executable, str(ROOT / "scripts" / "train.py"), "--optimizer", "foo"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 2
     assert (
@@ -164,6 +164,6 @@ def test_library_modules_do_not_import_the_command_line() -> None:
         "import sys, lit_mnist.inference, lit_mnist.checkpoints, lit_mnist.images, lit_mnist.export, "
         "lit_mnist.runtime; print(sorted(m for m in sys.modules if m.startswith('lit_mnist.cli')))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -384,7 +384,7 @@ def test_installed_console_script(tmp_path: Path) -> None:
         [str(script), "evaluate", "--ckpt-path", str(tmp_path / "none.ckpt")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 2
     assert (

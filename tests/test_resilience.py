@@ -91,7 +91,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(run_args: list[str], tm
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM stopped training in epoch" in err
     assert f"saved {last}" in err
