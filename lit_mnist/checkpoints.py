@@ -1,4 +1,7 @@
-"""The one way lit_mnist reads a checkpoint: ``weights_only=True``, and one line when it cannot.
+"""The one way lit_mnist writes a checkpoint (atomic and durable) and reads one (``weights_only=True``).
+
+Training saves through :class:`AtomicCheckpointIO`, Lightning's ``CheckpointIO`` extension point: every
+checkpoint is written to a temporary file in its own folder, synced, checked, then renamed into place.
 
 Training's resume (:func:`check_resumable`) and evaluate, predict and export (:func:`load_checkpoint`)
 read the file with the same :func:`read_checkpoint`, so a missing, truncated, foreign or malicious
@@ -8,6 +11,7 @@ is refused, never unpickled.
 
 from __future__ import annotations
 
+import errno
 import re
 import zipfile
 from collections.abc import Mapping
@@ -17,13 +21,65 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_mnist.errors import CheckpointError
+from lit_mnist.errors import CheckpointError, CheckpointWriteError
 from lit_mnist.module import MNISTClassifier
-from lit_mnist.runtime import first_line
+from lit_mnist.runtime import first_line, write_durable
 
 #: The run's resolved config, written by training into its ``version_N`` folder.
 CONFIG_NAME = "config.yaml"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written so that no reader ever finds a partial file.
+
+    Lightning's own writer stages a checkpoint in the system's temporary folder and moves it into place;
+    when the log folder is on another filesystem (NFS, Lustre, a tmpfs; the usual cluster layout) the
+    move is a copy, and a process killed during it, or a disk that fills, leaves a truncated file under
+    the checkpoint's name. This one writes into a temporary file *beside* the target (one rename, never
+    a copy), flushes and ``fsync``-s it, checks that it is a complete checkpoint archive, renames it over
+    the target and syncs the folder (:func:`lit_mnist.runtime.write_durable`). When any of it fails the
+    temporary file is removed, the file of that name is left as it was, and
+    :class:`~lit_mnist.errors.CheckpointWriteError` (one line, naming the file) is raised: Lightning's
+    ``ModelCheckpoint`` then never records the checkpoint as best or last. A process killed mid-save
+    leaves a hidden ``.partial`` file that the next run in the folder removes
+    (:func:`lit_mnist.runtime.remove_stale_partials`).
+
+    Paths with a protocol (``s3://``, ...) go to Lightning's writer unchanged.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_durable(target, lambda f: torch.save(checkpoint, f), check=check_archive)
+        except OSError as err:
+            raise CheckpointWriteError(target, first_line(err)) from None
+
+
+def check_archive(path: Path) -> None:
+    """Check that ``path`` is a complete ``torch.save`` archive: its zip directory (at the end of the file)
+    reads, it holds a pickle, and every member lies inside the file.
+
+    Raises:
+        OSError: ``EIO``, saying what is wrong.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise OSError(errno.EIO, f"the written file is not a complete archive ({err})") from None
+    if not any(m.filename.endswith("data.pkl") for m in members):
+        raise OSError(errno.EIO, "the written file holds no data.pkl")
+    if any(m.header_offset + m.compress_size > size for m in members):
+        raise OSError(errno.EIO, "the written file is shorter than its archive directory says")
 
 
 @dataclass

@@ -52,6 +52,20 @@ class RunError(RuntimeError):
     """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
 
 
+class CheckpointWriteError(RunError):
+    """A checkpoint could not be written (disk full, quota, I/O error): the file of that name is unchanged.
+
+    Args:
+        path: The checkpoint that was not written.
+        reason: What the filesystem said, e.g. ``"[Errno 28] No space left on device"``.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path} was not written ({reason})")
+        self.path = path
+        self.reason = reason
+
+
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it.
 

@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_mnist.errors import NonFiniteLossError
+from lit_mnist.errors import CheckpointWriteError, NonFiniteLossError
 
 
 class GracefulInterrupt(L.Callback):
@@ -100,8 +100,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
     same step, so it can lag behind; this one always follows the latest epoch. On an exception it
-    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights) and
-    before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
+    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights), after a
+    :class:`CheckpointWriteError` (the last checkpoint on disk must not name a best checkpoint that was
+    never written; the disk is likely full anyway), and before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
     file on disk is still the latest state, and must not be replaced by a half-restored one).
     """
 
@@ -143,5 +144,5 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if self._training_started and not isinstance(exception, NonFiniteLossError):
+        if self._training_started and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
             super().on_exception(trainer, pl_module, exception)

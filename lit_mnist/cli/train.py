@@ -40,11 +40,12 @@ from lit_mnist.callbacks import (
     TrainingCurves,
     written_figures,
 )
-from lit_mnist.checkpoints import CONFIG_NAME, check_resumable
+from lit_mnist.checkpoints import CONFIG_NAME, AtomicCheckpointIO, check_resumable
 from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, MNISTDataModule, default_data_dir
 from lit_mnist.errors import (
     CheckpointError,
+    CheckpointWriteError,
     ConfigError,
     DataError,
     Interrupted,
@@ -71,6 +72,7 @@ from lit_mnist.runtime import (
     check_accelerator,
     hide_advertisements,
     ignore_upstream_deprecations,
+    remove_stale_partials,
 )
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
@@ -463,6 +465,7 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         logger=loggers,
         callbacks=callbacks,
         profiler=build_profiler(cfg.profiler, run_dir),
+        plugins=[AtomicCheckpointIO()],  # every checkpoint written beside its target, synced, renamed
         **limits,
     )
 
@@ -563,6 +566,9 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         if version is not None:
             trainer.callbacks.append(SaveConfig(cfg, run_dir / CONFIG_NAME, parser or get_parser()))  # type: ignore[attr-defined]
 
+        if trainer.is_global_zero and version is not None:
+            for partial in remove_stale_partials(run_dir / "checkpoints"):
+                print(f"Removed {partial}, left by a save that was interrupted", flush=True)
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -589,6 +595,11 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                     "with (--batch-size, --steps-per-batch, --val-size, --devices, and --log-every-n-steps, "
                     "--max-steps, --ckpt-every-n-steps, which set the group size), or from a checkpoint "
                     "written at the end of an epoch"
+                ) from None
+            except CheckpointWriteError as err:  # nothing recorded it as best or last (LastCheckpoint)
+                raise RunError(
+                    f"{err}; training stopped in epoch {trainer.current_epoch}; checkpoints written before "
+                    f"are intact in {run_dir / 'checkpoints'}{_newest(run_dir / 'checkpoints' / 'last.ckpt')}"
                 ) from None
             except OSError as err:  # disk full, folder removed, ...: the written checkpoints stay intact
                 raise RunError(
@@ -625,6 +636,15 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
+
+
+def _newest(last: Path) -> str:
+    """``"; the last one, FILE, is from epoch E, step S"``, or ``""`` when there is none to read."""
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        return f"; the last one, {last}, holds epoch {saved['epoch']}, step {saved['global_step']}"
+    except Exception:  # none yet, or unreadable: say nothing more
+        return ""
 
 
 def record_results(trainer: L.Trainer, hparams: dict[str, Any], results: dict[str, Any]) -> None:
