@@ -67,21 +67,35 @@ class CheckpointWriteError(RunError):
 
 
 class Interrupted(Exception):
-    """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it.
+    """SIGTERM or Ctrl-C stopped the run; what was saved, and where the run stood.
 
     Args:
         signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
-        checkpoint: The checkpoint written when training stopped.
-        epoch: The epoch training stopped in.
+        checkpoint: The checkpoint written when training stopped; ``None`` when none was written (the
+            signal came before training started, or during the final test, after training ended).
+        epoch: The epoch the run stopped in.
         step: The optimizer steps taken.
+        stage: ``"training"``, ``"sanity check"`` (before training started) or ``"test"`` (the final
+            test, after training ended).
+        best: During the final test: the checkpoint it was testing.
     """
 
-    def __init__(self, signal_name: str, checkpoint: object, epoch: int, step: int) -> None:
+    def __init__(
+        self,
+        signal_name: str,
+        checkpoint: object,
+        epoch: int,
+        step: int,
+        stage: str = "training",
+        best: object = None,
+    ) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.checkpoint = checkpoint
         self.epoch = epoch
         self.step = step
+        self.stage = stage
+        self.best = best
 
     @property
     def exit_status(self) -> int:

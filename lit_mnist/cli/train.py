@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from argparse import ArgumentError
@@ -580,12 +581,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
-                raise Interrupted(
-                    _stop_signal(trainer),
-                    run_dir / "checkpoints" / "last.ckpt",
-                    trainer.current_epoch,
-                    trainer.global_step,
-                ) from None
+                raise _interrupted(trainer) from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
             except LoaderStateError as err:
@@ -613,6 +609,8 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             tested = trainer.test(
                 model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
+        except SIGTERMException:  # training is complete and saved; the test was not
+            raise _interrupted(trainer, best=best or None, testing=True) from None
         except torch.OutOfMemoryError as err:
             raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
         results: dict[str, Any] = {
@@ -680,6 +678,22 @@ class SaveConfig(L.Callback):
             saved = self.cfg.clone()
             saved.ckpt_path = None
             self.parser.save(saved, self.path, overwrite=True)
+
+
+def _interrupted(trainer: L.Trainer, best: str | None = None, testing: bool = False) -> Interrupted:
+    """What a SIGTERM or Ctrl-C stopped: training (and the checkpoint saved then), the sanity check
+    before training started (nothing saved), or the final test (``best``: what it was testing)."""
+    last = [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]  # type: ignore[attr-defined]
+    checkpoint = next((cb.saved_on_exception for cb in last if cb.saved_on_exception is not None), None)
+    if testing:
+        stage = "test"
+    elif any(cb.training_started for cb in last):
+        stage = "training"
+    else:
+        stage = "sanity check"
+    return Interrupted(
+        _stop_signal(trainer), checkpoint, trainer.current_epoch, trainer.global_step, stage=stage, best=best
+    )
 
 
 def _stop_signal(trainer: L.Trainer) -> str:
@@ -775,12 +789,8 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         results = train(cfg)
     except Interrupted as stop:
         if _global_rank() == 0:
-            args = list(sys.argv[1:] if argv is None else argv)
-            resume = " ".join([*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)])
             print(
-                f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
-                f"saved {stop.checkpoint}\nResume with: python scripts/train.py {resume}",
-                file=sys.stderr,
+                _stop_message(stop, list(sys.argv[1:] if argv is None else argv), prog, cfg), file=sys.stderr
             )
         return stop.exit_status
     except (UsageError, ConfigError) as err:
@@ -793,6 +803,38 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
     if _global_rank() == 0:
         print_summary(results, cfg)
     return 0
+
+
+def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace) -> str:
+    """What a signal stopped and what was saved (one line), then the command that goes on from there."""
+    train_cmd = "python scripts/train.py"
+    if stop.stage == "test":
+        evaluate = ["--ckpt-path", str(stop.best), "--data-dir", str(cfg.data_dir), "--dataset", cfg.dataset]
+        return (
+            f"{prog}: {stop.signal_name} stopped the final test; training had finished ({stop.epoch} epochs, "
+            f"step {stop.step}) and its checkpoints are saved; no test results were written\n"
+            + (
+                f"Test it with: python scripts/evaluate.py {shlex.join(evaluate)}"
+                if stop.best
+                else f"Test it with: {train_cmd} {shlex.join(args)}"
+            )
+        )
+    if stop.stage == "sanity check":  # before training started: nothing new to save
+        again = "Resume with" if cfg.ckpt_path is not None else "Start it again with"
+        return (
+            f"{prog}: {stop.signal_name} stopped the run before training started (in the sanity check); "
+            f"no checkpoint was written\n{again}: {train_cmd} {shlex.join(args)}"
+        )
+    if stop.checkpoint is None:  # e.g. --fast-dev-run, which writes no checkpoint
+        return (
+            f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
+            "no checkpoint was written"
+        )
+    resume = [*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)]
+    return (
+        f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
+        f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
+    )
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:
