@@ -288,3 +288,112 @@ def test_kill_9_during_saves_on_another_filesystem(run_args: list[str], tmp_path
         assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- runs that remember what they are
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes, but TensorBoard's event files: the writer thread of an
+    earlier run in this test process may still flush into them (a run of its own ends its process)."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and "tfevents" not in p.name)
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--dataset", "fashion-mnist"],
+            "was trained on --dataset mnist and this run asks for --dataset fashion-mnist",
+        ),
+        (["--optimizer", "adam"], "was written with --optimizer sgd and this run asks for adam"),
+        (["--hidden-sizes", "32"], "was written with --hidden-sizes 128 64 and this run asks for 32"),
+        (["--model", "cnn"], "was written with --model mlp and this run asks for cnn"),
+    ],
+    ids=["dataset", "optimizer", "hidden-sizes", "model"],
+)
+def test_resume_with_another_dataset_or_model_is_refused(
+    flags: list[str], message: str, trained: Path, run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line, exit 2, before anything is written: the run's folder and config.yaml stay as they were."""
+    logs = trained.parent.parent
+    before = _tree(logs)
+    line = _usage_error([*run_args, "--ckpt-path", "last", *flags], capsys)
+    assert line.startswith(f"train.py: error: --ckpt-path {trained / 'last.ckpt'} {message}"), line
+    assert "(see its run's config.yaml: --config)" in line
+    assert _tree(logs) == before
+
+
+def test_checkpoint_records_its_dataset(tiny_data: Path, tmp_path: Path) -> None:
+    """A Fashion-MNIST checkpoint copied out of its run folder (no config.yaml beside it) still says what
+    it is; evaluate, predict and export take the dataset from it, and refuse another --dataset."""
+    import shutil
+
+    from lit_mnist.checkpoints import load_checkpoint
+    from lit_mnist.errors import UsageError
+    from lit_mnist.inference import resolve_dataset
+    from tests.conftest import shrunk_args, write_tiny_mnist
+
+    data = write_tiny_mnist(tmp_path / "data", folder="FashionMNIST")
+    args = [*shrunk_args(data, tmp_path / "logs", max_epochs=1), "--dataset", "fashion-mnist"]
+    assert train_main(args) == 0
+    copied = tmp_path / "elsewhere" / "model.ckpt"
+    copied.parent.mkdir()
+    shutil.copy(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", copied)
+    record = torch.load(copied, weights_only=True)["lit_mnist_data"]
+    assert record["dataset"] == "fashion-mnist" and record["mean"] == 0.2860 and record["num_classes"] == 10
+    assert record["classes"][9] == "Ankle boot"
+    ckpt = load_checkpoint(copied)
+    assert resolve_dataset(None, ckpt) == ("fashion-mnist", "the checkpoint")
+    with pytest.raises(UsageError, match="was trained on fashion-mnist"):
+        resolve_dataset("mnist", ckpt)
+
+
+def test_moved_run_folder_resumes_and_tests_its_own_best(run_args: list[str], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    # csv: TensorBoard's writer thread of the first run, still open in this process, would write into the
+    # folder it was given after the move (in a run of its own, the process has ended)
+    run_args = [*run_args, "--logger", "csv"]
+    first = [*run_args, "--log-dir", str(tmp_path / "before")]
+    assert train_main(first) == 0
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    run = tmp_path / "after" / "version_0"
+    best = Path(json.loads((run / "results.json").read_text())["best_checkpoint"]).name
+    # nothing left to train (--max-epochs 2 reached): the best checkpoint remembered is the old path's
+    resume = [
+        *run_args,
+        "--log-dir",
+        str(tmp_path / "after"),
+        "--ckpt-path",
+        str(run / "checkpoints" / "last.ckpt"),
+    ]
+    assert train_main(resume) == 0
+    assert json.loads((run / "results.json").read_text())["best_checkpoint"] == str(
+        run / "checkpoints" / best
+    )
+    assert train_main([*resume, "--max-epochs", "3"]) == 0  # and training goes on in the moved folder
+    results = json.loads((run / "results.json").read_text())
+    assert Path(results["best_checkpoint"]).parent == run / "checkpoints"
+    assert Path(results["best_checkpoint"]).is_file()
+
+
+def test_checkpoint_copied_from_another_run_never_tests_that_runs_best(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming from a copy of run A's last.ckpt into a new run: the final test does not report A's best
+    checkpoint as this run's (it is not in this run's folder); it tests this run's weights."""
+    import json
+    import shutil
+
+    assert train_main([*run_args, "--log-dir", str(tmp_path / "a")]) == 0
+    copied = tmp_path / "copy.ckpt"
+    shutil.copy(tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt", copied)
+    a_files = _tree(tmp_path / "a")
+    capsys.readouterr()
+    assert train_main([*run_args, "--log-dir", str(tmp_path / "b"), "--ckpt-path", str(copied)]) == 0
+    err = capsys.readouterr().err
+    assert "is not in" in err and "the test uses the weights at the end of training" in err
+    results = json.loads((tmp_path / "b" / "version_0" / "results.json").read_text())
+    assert results["best_checkpoint"] is None and results["test_acc"] > 0.5
+    assert _tree(tmp_path / "a") == a_files

@@ -41,7 +41,13 @@ from lit_mnist.callbacks import (
     TrainingCurves,
     written_figures,
 )
-from lit_mnist.checkpoints import CONFIG_NAME, AtomicCheckpointIO, check_resumable
+from lit_mnist.checkpoints import (
+    CONFIG_NAME,
+    AtomicCheckpointIO,
+    DatasetRecord,
+    check_dataset,
+    check_resumable,
+)
 from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, MNISTDataModule, default_data_dir
 from lit_mnist.errors import (
@@ -421,6 +427,7 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
             auto_insert_metric_name=False,
         ),
         LastCheckpoint(checkpoints),
+        DatasetRecord(cfg.dataset, dataset_record(DATAMODULES[cfg.dataset])),
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]
@@ -469,6 +476,18 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         plugins=[AtomicCheckpointIO()],  # every checkpoint written beside its target, synced, renamed
         **limits,
     )
+
+
+def dataset_record(cls: type[MNISTDataModule]) -> dict[str, Any]:
+    """What a checkpoint records of its dataset besides the name: classes, normalisation, shapes."""
+    classes = getattr(cls.dataset_cls, "classes", None)
+    return {
+        "classes": [str(c) for c in classes] if classes else None,
+        "mean": cls.mean,
+        "std": cls.std,
+        "num_classes": cls.num_classes,
+        "image_shape": list(cls.image_shape),
+    }
 
 
 def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
@@ -547,13 +566,14 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
     """
+    ckpt_path = None
+    if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
+        ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        check_dataset(ckpt_path, cfg.dataset)
     datamodule, model, plan = build_data_and_model(cfg)
     if _global_rank() == 0:
         print(plan.notice(), flush=True)
-
-    ckpt_path = None
-    if cfg.ckpt_path is not None:
-        ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if ckpt_path is not None:
         check_resumable(ckpt_path, model)
 
     version = _run_version(cfg, ckpt_path)
@@ -573,6 +593,9 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                # A checkpoint from a moved run folder or another run: its best checkpoint is not this
+                # run's, and the final test takes this run's own (_own_best)
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
                 # A run stopped after an epoch's last training batch resumes without that epoch's
                 # validation (Lightning skips it): no val/acc for that epoch is expected, not a bug.
                 warnings.filterwarnings(
@@ -603,12 +626,13 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                     f"are intact in {run_dir / 'checkpoints'})"
                 ) from None
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        best = _own_best(trainer, run_dir) if version is not None else ""
         try:
-            tested = trainer.test(
-                model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
-            )
+            with warnings.catch_warnings():  # a best checkpoint of a moved run folder names the old one
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+                tested = trainer.test(
+                    model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+                )
         except SIGTERMException:  # training is complete and saved; the test was not
             raise _interrupted(trainer, best=best or None, testing=True) from None
         except torch.OutOfMemoryError as err:
@@ -634,6 +658,29 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
+
+
+def _own_best(trainer: L.Trainer, run_dir: Path) -> str:
+    """The best checkpoint of this run, by a path inside its folder, or ``""`` when it has none on disk.
+
+    The best path Lightning's ``ModelCheckpoint`` remembers comes from the checkpoint a run resumed
+    from: after the run folder was moved it names the old place (the file is found here by its name),
+    and for a checkpoint copied from another run it names that run's file, which is not this run's.
+    """
+    checkpoint = trainer.checkpoint_callback
+    remembered = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not remembered:
+        return ""
+    here = run_dir / "checkpoints" / Path(remembered).name
+    if here.is_file():
+        return remembered if Path(remembered).resolve() == here.resolve() else str(here)
+    if trainer.is_global_zero:
+        print(
+            f"Note: the best checkpoint this run remembers, {remembered}, is not in {here.parent}; "
+            "the test uses the weights at the end of training",
+            file=sys.stderr,
+        )
+    return ""
 
 
 def _newest(last: Path) -> str:
