@@ -1,4 +1,7 @@
-"""The one way lit_mnist reads a checkpoint: ``weights_only=True``, and one line when it cannot.
+"""The one way lit_mnist writes a checkpoint (atomic and durable) and reads one (``weights_only=True``).
+
+Training saves through :class:`AtomicCheckpointIO`, Lightning's ``CheckpointIO`` extension point: every
+checkpoint is written to a temporary file in its own folder, synced, checked, then renamed into place.
 
 Training's resume (:func:`check_resumable`) and evaluate, predict and export (:func:`load_checkpoint`)
 read the file with the same :func:`read_checkpoint`, so a missing, truncated, foreign or malicious
@@ -8,6 +11,7 @@ is refused, never unpickled.
 
 from __future__ import annotations
 
+import errno
 import re
 import zipfile
 from collections.abc import Mapping
@@ -15,15 +19,103 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_mnist.errors import CheckpointError
+from lit_mnist.errors import CheckpointError, CheckpointWriteError
 from lit_mnist.module import MNISTClassifier
-from lit_mnist.runtime import first_line
+from lit_mnist.runtime import first_line, write_durable
 
 #: The run's resolved config, written by training into its ``version_N`` folder.
 CONFIG_NAME = "config.yaml"
+#: The checkpoint entry that records the dataset a model was trained on (:class:`DatasetRecord`).
+DATA_KEY = "lit_mnist_data"
+#: The module's hyperparameters that make a run what it is: resuming with another value is refused.
+RUN_DEFINING = ("model", "hidden_sizes", "num_classes", "input_shape", "optimizer", "scheduler")
+
+
+class DatasetRecord(L.Callback):
+    """Writes the dataset into every checkpoint (``checkpoint["lit_mnist_data"]``): its ``--dataset``
+    name, class names, normalisation, number of classes and image shape.
+
+    The datamodule's hyperparameters (saved by Lightning) say where the files were and how they were
+    batched, not which dataset they were: with this record, a resume with another ``--dataset`` is
+    refused (:func:`check_resumable`), and evaluate, predict and export use the checkpoint's dataset.
+
+    Args:
+        dataset: The ``--dataset`` name (``mnist``, ``fashion-mnist``, ``kmnist``).
+        record: Plain values only (the checkpoint is read with ``weights_only=True``).
+    """
+
+    def __init__(self, dataset: str, record: dict[str, Any]) -> None:
+        self.record = {"dataset": dataset, **record}
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[DATA_KEY] = dict(self.record)
+
+
+def recorded_dataset(raw: Mapping[str, Any], path: str | Path) -> str | None:
+    """The ``--dataset`` a checkpoint was trained on: its record, else its run's ``config.yaml``, else ``None``."""
+    record = raw.get(DATA_KEY)
+    if isinstance(record, dict) and isinstance(record.get("dataset"), str):
+        return str(record["dataset"])
+    from_run = read_run_config(path).get("dataset")
+    return from_run if isinstance(from_run, str) else None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written so that no reader ever finds a partial file.
+
+    Lightning's own writer stages a checkpoint in the system's temporary folder and moves it into place;
+    when the log folder is on another filesystem (NFS, Lustre, a tmpfs; the usual cluster layout) the
+    move is a copy, and a process killed during it, or a disk that fills, leaves a truncated file under
+    the checkpoint's name. This one writes into a temporary file *beside* the target (one rename, never
+    a copy), flushes and ``fsync``-s it, checks that it is a complete checkpoint archive, renames it over
+    the target and syncs the folder (:func:`lit_mnist.runtime.write_durable`). When any of it fails the
+    temporary file is removed, the file of that name is left as it was, and
+    :class:`~lit_mnist.errors.CheckpointWriteError` (one line, naming the file) is raised: Lightning's
+    ``ModelCheckpoint`` then never records the checkpoint as best or last. A process killed mid-save
+    leaves a hidden ``.partial`` file that the next run in the folder removes
+    (:func:`lit_mnist.runtime.remove_stale_partials`).
+
+    Paths with a protocol (``s3://``, ...) go to Lightning's writer unchanged.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_durable(target, lambda f: torch.save(checkpoint, f), check=check_archive)
+        except OSError as err:
+            raise CheckpointWriteError(target, first_line(err)) from None
+
+
+def check_archive(path: Path) -> None:
+    """Check that ``path`` is a complete ``torch.save`` archive: its zip directory (at the end of the file)
+    reads, it holds a pickle, and every member lies inside the file.
+
+    Raises:
+        OSError: ``EIO``, saying what is wrong.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise OSError(errno.EIO, f"the written file is not a complete archive ({err})") from None
+    if not any(m.filename.endswith("data.pkl") for m in members):
+        raise OSError(errno.EIO, "the written file holds no data.pkl")
+    if any(m.header_offset + m.compress_size > size for m in members):
+        raise OSError(errno.EIO, "the written file is shorter than its archive directory says")
 
 
 @dataclass
@@ -36,12 +128,15 @@ class LoadedCheckpoint:
         datamodule_hparams: The datamodule's hyperparameters saved with it (``data_dir``,
             ``batch_size``, ``loader``, ...); empty when the checkpoint has none.
         run_config: The run's ``config.yaml`` next to the checkpoint folder, or empty.
+        dataset: The ``--dataset`` recorded in the checkpoint (:class:`DatasetRecord`), or ``None``
+            (a checkpoint written before lit_mnist recorded it).
     """
 
     path: Path
     model: MNISTClassifier
     datamodule_hparams: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -99,15 +194,39 @@ def first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> s
     return (sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]])[0]
 
 
-def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
-    """Check that training can resume ``model`` from ``path``: a readable checkpoint of its shapes,
-    written with the model's group size (``steps_per_batch``).
+def check_dataset(path: str | Path, dataset: str) -> None:
+    """Check that the checkpoint ``path`` was trained on ``dataset`` (when it says; see :func:`recorded_dataset`).
 
     Raises:
-        CheckpointError: what :func:`read_checkpoint` raises, the first parameter whose shape
-            differs from ``model``'s, or the group sizes that differ.
+        CheckpointError: what :func:`read_checkpoint` raises, or the two datasets.
+    """
+    if (saved := recorded_dataset(read_checkpoint(path), path)) not in (None, dataset):
+        raise CheckpointError(
+            f"{path} was trained on --dataset {saved} and this run asks for --dataset {dataset}; resume it "
+            f"with --dataset {saved} (see its run's {CONFIG_NAME}: --config), or start a new run without "
+            "--ckpt-path"
+        )
+
+
+def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
+    """Check that training can resume ``model`` from ``path``: a readable checkpoint of the same model
+    and optimizer (:data:`RUN_DEFINING`) and shapes, written with the model's group size
+    (``steps_per_batch``). The dataset: :func:`check_dataset`.
+
+    Raises:
+        CheckpointError: what :func:`read_checkpoint` raises, the flag that differs, the first parameter
+            whose shape differs from ``model``'s, or the group sizes that differ.
     """
     raw = read_checkpoint(path)
+    saved_hparams = raw.get("hyper_parameters")
+    if isinstance(saved_hparams, dict):
+        for key in RUN_DEFINING:
+            if key in saved_hparams and _plain(saved_hparams[key]) != _plain(model.hparams.get(key)):
+                raise CheckpointError(
+                    f"{path} was written with --{key.replace('_', '-')} {_shown(saved_hparams[key])} and this "
+                    f"run asks for {_shown(model.hparams.get(key))}; resume it with the flags it was started "
+                    f"with (see its run's {CONFIG_NAME}: --config)"
+                )
     if why := MNISTClassifier.resume_mismatch(raw, model.steps_per_batch):
         raise CheckpointError(f"{path} {why} (see its run's {CONFIG_NAME}: --config)")
     if (wrong := first_difference(model.state_dict(), raw["state_dict"])) is not None:
@@ -115,6 +234,14 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
             f"{path} holds another model shape (first difference: {wrong}); pass the flags it was trained "
             f"with (see its run's {CONFIG_NAME}: --config)"
         )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTClassifier) -> LoadedCheckpoint:
@@ -146,6 +273,7 @@ def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTCl
         model=model,
         datamodule_hparams=dict(dm_hparams) if isinstance(dm_hparams, dict) else {},
         run_config=read_run_config(path),
+        dataset=raw[DATA_KEY].get("dataset") if isinstance(raw.get(DATA_KEY), dict) else None,
     )
 
 

@@ -52,22 +52,50 @@ class RunError(RuntimeError):
     """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
 
 
+class CheckpointWriteError(RunError):
+    """A checkpoint could not be written (disk full, quota, I/O error): the file of that name is unchanged.
+
+    Args:
+        path: The checkpoint that was not written.
+        reason: What the filesystem said, e.g. ``"[Errno 28] No space left on device"``.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path} was not written ({reason})")
+        self.path = path
+        self.reason = reason
+
+
 class Interrupted(Exception):
-    """SIGTERM or Ctrl-C stopped training after a batch; ``checkpoint`` resumes it.
+    """SIGTERM or Ctrl-C stopped the run; what was saved, and where the run stood.
 
     Args:
         signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
-        checkpoint: The checkpoint written when training stopped.
-        epoch: The epoch training stopped in.
+        checkpoint: The checkpoint written when training stopped; ``None`` when none was written (the
+            signal came before training started, or during the final test, after training ended).
+        epoch: The epoch the run stopped in.
         step: The optimizer steps taken.
+        stage: ``"training"``, ``"sanity check"`` (before training started) or ``"test"`` (the final
+            test, after training ended).
+        best: During the final test: the checkpoint it was testing.
     """
 
-    def __init__(self, signal_name: str, checkpoint: object, epoch: int, step: int) -> None:
+    def __init__(
+        self,
+        signal_name: str,
+        checkpoint: object,
+        epoch: int,
+        step: int,
+        stage: str = "training",
+        best: object = None,
+    ) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.checkpoint = checkpoint
         self.epoch = epoch
         self.step = step
+        self.stage = stage
+        self.best = best
 
     @property
     def exit_status(self) -> int:

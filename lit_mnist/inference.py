@@ -4,9 +4,10 @@ The command line (``lit_mnist.cli.evaluate``, ``lit_mnist.cli.predict``) is buil
 here parses flags or ends the process. Checkpoints are read with
 :func:`lit_mnist.checkpoints.load_checkpoint`, image files with :mod:`lit_mnist.images`.
 
-Which dataset a checkpoint belongs to (for the test set and the normalisation constants) is the
-``--dataset`` given, else the ``dataset:`` of the run's ``config.yaml``
-(``<run>/checkpoints/x.ckpt`` -> ``<run>/config.yaml``), else ``mnist``: :func:`resolve_dataset`.
+Which dataset a checkpoint belongs to (for the test set and the normalisation constants) is the one
+the checkpoint records (a ``--dataset`` that contradicts it is refused), else the ``--dataset`` given,
+else the ``dataset:`` of the run's ``config.yaml`` (``<run>/checkpoints/x.ckpt`` -> ``<run>/config.yaml``),
+else ``mnist``: :func:`resolve_dataset`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,21 @@ from lit_mnist.runtime import PRECISIONS, quiet_lightning, quiet_trainer, write_
 
 # --------------------------------------------------------------------------- a checkpoint's dataset
 def resolve_dataset(flag: str | None, ckpt: LoadedCheckpoint) -> tuple[str, str]:
-    """The dataset name and where it came from: ``--dataset``, the run's config.yaml, or the default."""
+    """The dataset name and where it came from: ``--dataset``, the checkpoint's record, the run's
+    config.yaml, or the default.
+
+    Raises:
+        UsageError: ``--dataset`` names another dataset than the one the checkpoint records.
+    """
     if flag is not None:
+        if ckpt.dataset is not None and flag != ckpt.dataset:
+            raise UsageError(
+                f"--dataset {flag}: {ckpt.path} was trained on {ckpt.dataset}; leave --dataset out "
+                "(the checkpoint says which) or pass --dataset " + ckpt.dataset
+            )
         return flag, "--dataset"
+    if ckpt.dataset in DATAMODULES:
+        return str(ckpt.dataset), "the checkpoint"
     from_run = ckpt.run_config.get("dataset")
     if isinstance(from_run, str) and from_run in DATAMODULES:
         return from_run, f"the run's {CONFIG_NAME}"

@@ -7,14 +7,18 @@ result it is asked for.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import secrets
+import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -70,6 +74,95 @@ def replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: How a file being written by :func:`write_durable` ends its name (never ``.ckpt``: no glob takes it).
+PARTIAL_SUFFIX = ".partial"
+#: A partial file not modified for this long is left over from a process that died (any host).
+STALE_PARTIAL_S = 600.0
+
+
+def write_durable(
+    path: Path, write: Callable[[IO[bytes]], object], check: Callable[[Path], None] | None = None
+) -> None:
+    """Write ``path`` so that it survives ``kill -9``, a full disk and a power cut whole or not at all.
+
+    ``write(f)`` fills a temporary file in ``path``'s own folder (so the rename below never becomes a
+    copy across filesystems), which is flushed and ``fsync``-ed, checked by ``check(tmp)`` (which raises
+    when the file is not what was meant), then renamed over ``path`` with ``os.replace``; the folder is
+    ``fsync``-ed so that the rename itself is on disk. A failure at any point removes the temporary file
+    and leaves the previous ``path`` as it was; a process killed mid-write leaves only the temporary
+    file, which :func:`remove_stale_partials` removes later.
+
+    Raises:
+        OSError: what writing, syncing or renaming raised (``ENOSPC``, ``EIO``, ``EDQUOT``, ...).
+    """
+    tmp = path.with_name(
+        f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+    )
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            if (written := f.tell()) != (on_disk := os.fstat(f.fileno()).st_size):
+                raise OSError(errno.EIO, f"{written} bytes written but {on_disk} on disk")
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """``fsync`` a folder, so that a rename or removal in it survives a crash (where the filesystem can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems (a few network and FUSE ones) cannot sync a folder
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files that :func:`write_durable` left in ``folder`` when its process died.
+
+    A file is stale when the process that wrote it (its name holds the host and the PID) is gone from
+    this host, or when nothing wrote to it for :data:`STALE_PARTIAL_S` (another host's). Returns the
+    removed files.
+    """
+    removed = []
+    ours = re.compile(
+        rf"\..+\.{re.escape(socket.gethostname())}\.(\d+)\.[0-9a-f]{{8}}{re.escape(PARTIAL_SUFFIX)}"
+    )
+    for tmp in folder.glob(f".*{PARTIAL_SUFFIX}") if folder.is_dir() else ():
+        try:
+            here = ours.fullmatch(tmp.name)
+            if (here and not _alive(int(here[1]))) or time.time() - tmp.stat().st_mtime > STALE_PARTIAL_S:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # removed meanwhile
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- a quiet Trainer

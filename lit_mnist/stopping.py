@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_mnist.errors import NonFiniteLossError
+from lit_mnist.errors import CheckpointWriteError, NonFiniteLossError
 
 
 class GracefulInterrupt(L.Callback):
@@ -30,8 +30,21 @@ class GracefulInterrupt(L.Callback):
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: Any = None
+        self._notice = "stopping after this batch"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._notice = "stopping after this batch and saving a checkpoint"
+        self._install(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The final test: Lightning's SIGTERM handler stops it after the batch in flight too
+        self._notice = "stopping the test after this batch"
+        self._install(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def _install(self, trainer: L.Trainer) -> None:
         self.signal_name = None
         if trainer.world_size > 1:
             # Every process gets the terminal's Ctrl-C; a stop that several processes start at once
@@ -65,7 +78,7 @@ class GracefulInterrupt(L.Callback):
         self.signal_name = "SIGINT"
         signal.raise_signal(signal.SIGTERM)  # Lightning stops after the batch in flight
         print(
-            "\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).",
+            f"\nCtrl-C: {self._notice} (Ctrl-C again to abort).",
             file=sys.stderr,
         )
 
@@ -100,12 +113,15 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
     same step, so it can lag behind; this one always follows the latest epoch. On an exception it
-    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights) and
-    before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
+    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights), after a
+    :class:`CheckpointWriteError` (the last checkpoint on disk must not name a best checkpoint that was
+    never written; the disk is likely full anyway), and before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
     file on disk is still the latest state, and must not be replaced by a half-restored one).
     """
 
     _training_started = False
+    #: The file written when an exception (SIGTERM, Ctrl-C, ...) stopped training, else ``None``.
+    saved_on_exception: Path | None = None
 
     def __init__(self, dirpath: str | Path | None = None, every_n_train_steps: int | None = None) -> None:
         self.every_n_steps = every_n_train_steps or 0
@@ -135,13 +151,22 @@ class LastCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._training_started = False
+        self.saved_on_exception = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._training_started = True
 
+    @property
+    def training_started(self) -> bool:
+        """Whether training started in this process (``on_train_start``), after the sanity check."""
+        return self._training_started
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if self._training_started and not isinstance(exception, NonFiniteLossError):
+        if self._training_started and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
             super().on_exception(trainer, pl_module, exception)
+            # Lightning skips the save when this step's checkpoint is already written (or in a dev run)
+            written = Path(self.format_checkpoint_name({}))
+            self.saved_on_exception = written if written.is_file() else None

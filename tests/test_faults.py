@@ -1,14 +1,24 @@
 """Faults in checkpoints: each answered with one line, nothing lost, no payload ever run."""
 
 import errno
+import io
+import os
 import pickle
+import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-import fsspec.implementations.local
 import pytest
 import torch
 
+from lit_mnist.checkpoints import AtomicCheckpointIO
 from lit_mnist.cli.train import train_main
+from lit_mnist.errors import CheckpointWriteError
+from lit_mnist.runtime import PARTIAL_SUFFIX, remove_stale_partials
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -70,27 +80,107 @@ def test_malicious_checkpoint_never_runs_its_payload(
     assert not marker.exists()
 
 
+def _disk_full_after_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch.save from now on writes half of the checkpoint, then the disk is full."""
+    real_save = torch.save
+
+    def disk_full(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])  # half of it reaches the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+
+
 def test_failing_save_keeps_the_previous_checkpoint(
     run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The disk fills up while the second epoch's checkpoints are written."""
+    """The disk fills up in the middle of writing epoch 2's checkpoint: the message names that file,
+    the files written before are byte for byte as they were, no partial file is left beside them, and
+    the run resumes from its last.ckpt once there is room again."""
     assert train_main(run_args) == 0
     checkpoints = next((tmp_path / "logs").glob("version_*")) / "checkpoints"
     before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
 
-    def disk_full(self: object, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(fsspec.implementations.local.LocalFileOpener, "write", disk_full)
+    _disk_full_after_half(monkeypatch)
     capsys.readouterr()
     assert train_main([*run_args, "--ckpt-path", "last", "--max-epochs", "3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "No space left on device" in err[0] and "checkpoints written before are intact" in err[0]
+    assert re.search(
+        rf"{re.escape(str(checkpoints))}/\S+\.ckpt was not written \(\[Errno 28\] No space left on device\)",
+        err[0],
+    ), err[0]
+    assert f"checkpoints written before are intact in {checkpoints}" in err[0]
+    assert f"the last one, {checkpoints / 'last.ckpt'}, holds epoch 1" in err[0]
     monkeypatch.undo()
-    after = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    after = {p.name: p.read_bytes() for p in checkpoints.iterdir()}  # hidden partial files included
     assert after == before
-    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1  # still loadable
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
+    # the last checkpoint names a best checkpoint that exists (the failed one was never recorded)
+    best = [s["best_model_path"] for k, s in last["callbacks"].items() if "val/acc" in k]
+    assert best and Path(best[0]).is_file()
+    assert train_main([*run_args, "--ckpt-path", "last", "--max-epochs", "3"]) == 0
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io_plugin = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io_plugin.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    old = target.read_bytes()
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+    with monkeypatch.context() as patch:
+        _disk_full_after_half(patch)
+        with pytest.raises(CheckpointWriteError, match=r"last\.ckpt was not written \(\[Errno 28\] No space"):
+            io_plugin.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, target)
+    assert target.read_bytes() == old
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no partial file beside it
+
+
+def test_atomic_checkpoint_io_refuses_a_silently_truncated_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that loses the end of the file without an error (a faulty disk, a network filesystem):
+    the check after writing catches it and the old file stays."""
+    target = tmp_path / "best.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
+    old = target.read_bytes()
+    real_save = torch.save
+
+    def lossy(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[:-100])
+
+    monkeypatch.setattr(torch, "save", lossy)
+    with pytest.raises(CheckpointWriteError, match="not a complete archive"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(10)}}, target)
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+
+
+def test_partial_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """What a save killed with SIGKILL leaves behind is removed on the next start; a live writer's is not."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    left = tmp_path / f".last.ckpt.{host}.{int(dead.stdout)}.0123abcd{PARTIAL_SUFFIX}"
+    live = tmp_path / f".last.ckpt.{host}.{os.getpid()}.4567cdef{PARTIAL_SUFFIX}"
+    other_host_old = tmp_path / f".best.ckpt.elsewhere.7.89abcdef{PARTIAL_SUFFIX}"
+    other_host_new = tmp_path / f".best.ckpt.elsewhere.8.89abcdef{PARTIAL_SUFFIX}"
+    for path in (left, live, other_host_old, other_host_new):
+        path.write_bytes(b"half a checkpoint")
+    os.utime(other_host_old, (time.time() - 3600, time.time() - 3600))
+    (tmp_path / "last.ckpt").write_bytes(b"kept")
+    assert sorted(remove_stale_partials(tmp_path)) == sorted([left, other_host_old])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", live.name, other_host_new.name])
 
 
 def test_out_of_memory_suggests_a_smaller_batch(
@@ -121,3 +211,189 @@ def test_out_of_memory_suggests_a_smaller_batch(
     assert f"checkpoints written before are in {checkpoints}" in line
     best = next(checkpoints.glob("epoch00-*.ckpt"))
     assert MNISTClassifier.load_from_checkpoint(best, weights_only=True) is not None
+
+
+def _other_filesystem_than_tmp() -> Path:
+    """A folder on another filesystem than the system's temporary folder (/dev/shm, a tmpfs), or skip."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm on this machine")
+    if os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the temporary folder")
+    return shm
+
+
+def test_kill_9_during_saves_on_another_filesystem(run_args: list[str], tmp_path: Path) -> None:
+    """The cluster layout: logs on another filesystem than /tmp. A run saving last.ckpt every 2 steps is
+    killed with SIGKILL while a checkpoint is being written (a partial file is seen), then resumed with
+    --ckpt-path last, three times: every .ckpt left is complete and loads with weights_only=True, each
+    resume goes on from there, and the partial files of the killed processes are removed."""
+    import shutil
+    import signal
+    import tempfile
+
+    shm = _other_filesystem_than_tmp()
+    log_dir = Path(tempfile.mkdtemp(prefix="lit_mnist_kill9_", dir=shm))
+    try:
+        args = [
+            *run_args, "--log-dir", str(log_dir), "--max-epochs", "3", "--hidden-sizes", "1024", "1024",
+            "--ckpt-every-n-steps", "2", "--logger", "csv",
+        ]  # fmt: skip
+        checkpoints = log_dir / "version_0" / "checkpoints"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+        steps = []
+        for attempt in range(3):
+            resume = ["--ckpt-path", "last"] if attempt else []
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train.py"), *args, *resume],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                cwd=tmp_path,
+                env=env,
+            )
+            deadline = time.monotonic() + 120
+            seen = None
+            while proc.poll() is None and time.monotonic() < deadline:  # a save after the first last.ckpt
+                if (checkpoints / "last.ckpt").is_file() and (
+                    seen := next(checkpoints.glob(f".*{PARTIAL_SUFFIX}"), None)
+                ):
+                    break
+            os.kill(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+            assert seen is not None, f"no save in progress was seen: {err.decode()[-2000:]}"
+            assert proc.returncode == -signal.SIGKILL
+            for ckpt in checkpoints.glob("*.ckpt"):
+                torch.load(ckpt, map_location="cpu", weights_only=True)  # complete: raises otherwise
+            steps.append(torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"])
+        assert steps == sorted(steps) and steps[-1] > 0, steps  # each resume went on from the last
+        finished = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).parents[1] / "scripts" / "train.py"),
+                *args,
+                "--ckpt-path",
+                "last",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert "left by a save that was interrupted" in finished.stdout
+        assert not list(checkpoints.glob(f".*{PARTIAL_SUFFIX}"))
+        assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- runs that remember what they are
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes, but TensorBoard's event files: the writer thread of an
+    earlier run in this test process may still flush into them (a run of its own ends its process)."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and "tfevents" not in p.name)
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--dataset", "fashion-mnist"],
+            "was trained on --dataset mnist and this run asks for --dataset fashion-mnist",
+        ),
+        (["--optimizer", "adam"], "was written with --optimizer sgd and this run asks for adam"),
+        (["--hidden-sizes", "32"], "was written with --hidden-sizes 128 64 and this run asks for 32"),
+        (["--model", "cnn"], "was written with --model mlp and this run asks for cnn"),
+    ],
+    ids=["dataset", "optimizer", "hidden-sizes", "model"],
+)
+def test_resume_with_another_dataset_or_model_is_refused(
+    flags: list[str], message: str, trained: Path, run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line, exit 2, before anything is written: the run's folder and config.yaml stay as they were."""
+    logs = trained.parent.parent
+    before = _tree(logs)
+    line = _usage_error([*run_args, "--ckpt-path", "last", *flags], capsys)
+    assert line.startswith(f"train.py: error: --ckpt-path {trained / 'last.ckpt'} {message}"), line
+    assert "(see its run's config.yaml: --config)" in line
+    assert _tree(logs) == before
+
+
+def test_checkpoint_records_its_dataset(tiny_data: Path, tmp_path: Path) -> None:
+    """A Fashion-MNIST checkpoint copied out of its run folder (no config.yaml beside it) still says what
+    it is; evaluate, predict and export take the dataset from it, and refuse another --dataset."""
+    import shutil
+
+    from lit_mnist.checkpoints import load_checkpoint
+    from lit_mnist.errors import UsageError
+    from lit_mnist.inference import resolve_dataset
+    from tests.conftest import shrunk_args, write_tiny_mnist
+
+    data = write_tiny_mnist(tmp_path / "data", folder="FashionMNIST")
+    args = [*shrunk_args(data, tmp_path / "logs", max_epochs=1), "--dataset", "fashion-mnist"]
+    assert train_main(args) == 0
+    copied = tmp_path / "elsewhere" / "model.ckpt"
+    copied.parent.mkdir()
+    shutil.copy(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", copied)
+    record = torch.load(copied, weights_only=True)["lit_mnist_data"]
+    assert record["dataset"] == "fashion-mnist" and record["mean"] == 0.2860 and record["num_classes"] == 10
+    assert record["classes"][9] == "Ankle boot"
+    ckpt = load_checkpoint(copied)
+    assert resolve_dataset(None, ckpt) == ("fashion-mnist", "the checkpoint")
+    with pytest.raises(UsageError, match="was trained on fashion-mnist"):
+        resolve_dataset("mnist", ckpt)
+
+
+def test_moved_run_folder_resumes_and_tests_its_own_best(run_args: list[str], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    # csv: TensorBoard's writer thread of the first run, still open in this process, would write into the
+    # folder it was given after the move (in a run of its own, the process has ended)
+    run_args = [*run_args, "--logger", "csv"]
+    first = [*run_args, "--log-dir", str(tmp_path / "before")]
+    assert train_main(first) == 0
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    run = tmp_path / "after" / "version_0"
+    best = Path(json.loads((run / "results.json").read_text())["best_checkpoint"]).name
+    # nothing left to train (--max-epochs 2 reached): the best checkpoint remembered is the old path's
+    resume = [
+        *run_args,
+        "--log-dir",
+        str(tmp_path / "after"),
+        "--ckpt-path",
+        str(run / "checkpoints" / "last.ckpt"),
+    ]
+    assert train_main(resume) == 0
+    assert json.loads((run / "results.json").read_text())["best_checkpoint"] == str(
+        run / "checkpoints" / best
+    )
+    assert train_main([*resume, "--max-epochs", "3"]) == 0  # and training goes on in the moved folder
+    results = json.loads((run / "results.json").read_text())
+    assert Path(results["best_checkpoint"]).parent == run / "checkpoints"
+    assert Path(results["best_checkpoint"]).is_file()
+
+
+def test_checkpoint_copied_from_another_run_never_tests_that_runs_best(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming from a copy of run A's last.ckpt into a new run: the final test does not report A's best
+    checkpoint as this run's (it is not in this run's folder); it tests this run's weights."""
+    import json
+    import shutil
+
+    assert train_main([*run_args, "--log-dir", str(tmp_path / "a")]) == 0
+    copied = tmp_path / "copy.ckpt"
+    shutil.copy(tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt", copied)
+    a_files = _tree(tmp_path / "a")
+    capsys.readouterr()
+    assert train_main([*run_args, "--log-dir", str(tmp_path / "b"), "--ckpt-path", str(copied)]) == 0
+    err = capsys.readouterr().err
+    assert "is not in" in err and "the test uses the weights at the end of training" in err
+    results = json.loads((tmp_path / "b" / "version_0" / "results.json").read_text())
+    assert results["best_checkpoint"] is None and results["test_acc"] > 0.5
+    assert _tree(tmp_path / "a") == a_files

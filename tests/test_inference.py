@@ -83,7 +83,7 @@ def test_evaluate_reports_the_accuracy_training_printed(
     out = capsys.readouterr().out
     acc = trained.results["test_acc"]
     assert f"Test accuracy: {acc:.2%}" in out  # the line training printed
-    assert "Dataset:       mnist (the run's config.yaml)" in out
+    assert "Dataset:       mnist (the checkpoint)" in out
     assert "Per-class accuracy:" in out and "Confusion matrix" in out
     report = json.loads(out_json.read_text())
     assert report["test_acc"] == acc
@@ -253,7 +253,8 @@ def test_export_default_output_is_next_to_the_checkpoint(
     assert export_main(["--ckpt-path", str(ckpt), "--format", "torch-export"]) == 0
     assert (tmp_path / "copy.pt2").is_file() and (tmp_path / "copy.pt2.json").is_file()
     assert (
-        "Normalise the input as (pixel / 255 - 0.1307) / 0.3081 (mnist, default)" in capsys.readouterr().out
+        "Normalise the input as (pixel / 255 - 0.1307) / 0.3081 (mnist, the checkpoint)"
+        in capsys.readouterr().out
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt", "copy.pt2", "copy.pt2.json"]  # no temp
 

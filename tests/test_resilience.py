@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
+from lit_mnist.cli.evaluate import main as evaluate_main
 from lit_mnist.cli.train import parse_args, train_main
 from lit_mnist.stopping import GracefulInterrupt
 
@@ -289,3 +291,78 @@ def test_resume_after_a_signal_at_the_last_batch_of_an_epoch(
     assert (checkpoint["global_step"], checkpoint["epoch"]) == (16, 0)
     assert train_main([*split, "--ckpt-path", "last"]) == 0
     _assert_same_weights(tmp_path / "straight" / "version_0", tmp_path / "split" / "version_0")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_during_the_final_test(
+    signum: int, run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training is done and saved; the test is stopped after a batch: exit 128 + the signal, no results.json,
+    and a command that tests the best checkpoint (run here: it works)."""
+
+    def stop_in_test(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
+        os.kill(os.getpid(), signum)
+
+    args = [*run_args, "--log-dir", str(tmp_path / "with space")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GracefulInterrupt, "on_test_batch_end", stop_in_test, raising=False)
+        assert train_main(args) == 128 + signum
+    err = capsys.readouterr().err.strip().splitlines()
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        assert err.pop(0) == "Ctrl-C: stopping the test after this batch (Ctrl-C again to abort)."
+    assert len(err) == 2, err
+    assert err[0] == (
+        f"train.py: {name} stopped the final test; training had finished (2 epochs, step 32) and its "
+        "checkpoints are saved; no test results were written"
+    )
+    run = tmp_path / "with space" / "version_0"
+    assert not (run / "results.json").exists()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    command = shlex.split(err[1].removeprefix("Test it with: "))
+    assert command[:2] == ["python", "scripts/evaluate.py"]
+    assert Path(command[command.index("--ckpt-path") + 1]).parent == run / "checkpoints"
+    assert evaluate_main(command[2:]) == 0
+    assert "Test accuracy:" in capsys.readouterr().out
+
+
+def test_sigterm_during_the_sanity_check(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before training starts there is nothing new to save: exit 143, a true message, and the resumed run's
+    last.ckpt left as it was; the printed command (shell-quoted) starts or resumes the run."""
+
+    armed = True
+
+    def stop_in_sanity_check(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
+        if trainer.sanity_checking and armed:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    args = [*run_args, "--log-dir", str(tmp_path / "with space")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GracefulInterrupt, "on_validation_batch_end", stop_in_sanity_check, raising=False)
+        capsys.readouterr()
+        assert train_main(args) == 128 + signal.SIGTERM
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            "train.py: SIGTERM stopped the run before training started (in the sanity check); no checkpoint "
+            "was written",
+            f"Start it again with: python scripts/train.py {shlex.join(args)}",
+        ]
+        checkpoints = tmp_path / "with space" / "version_0" / "checkpoints"
+        assert not checkpoints.exists() or not list(checkpoints.iterdir())
+
+        armed = False
+        assert train_main([*args, "--max-epochs", "1"]) == 0  # version_1, one epoch
+        armed = True
+        last = tmp_path / "with space" / "version_1" / "checkpoints" / "last.ckpt"
+        before = last.read_bytes()
+        resume = [*args, "--ckpt-path", "last"]
+        capsys.readouterr()
+        assert train_main(resume) == 128 + signal.SIGTERM
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0].startswith("train.py: SIGTERM stopped the run before training started")
+        assert shlex.split(err[1]) == ["Resume", "with:", "python", "scripts/train.py", *resume]
+        assert last.read_bytes() == before
+    assert train_main(resume) == 0  # and it does resume
+    assert torch.load(last, weights_only=True)["epoch"] == 1

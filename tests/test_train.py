@@ -128,7 +128,7 @@ def test_checkpoint_of_another_shape_is_refused(
     with pytest.raises(SystemExit) as info:
         train_main([*run_args, "--hidden-sizes", "32", "--ckpt-path", str(last)])
     assert info.value.code == 2
-    assert "holds another model shape" in capsys.readouterr().err
+    assert "was written with --hidden-sizes 128 64 and this run asks for 32" in capsys.readouterr().err
 
 
 def test_script_runs_as_a_user_would(tiny_data: Path, tmp_path: Path) -> None:

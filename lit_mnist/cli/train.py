@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from argparse import ArgumentError
@@ -40,11 +41,18 @@ from lit_mnist.callbacks import (
     TrainingCurves,
     written_figures,
 )
-from lit_mnist.checkpoints import CONFIG_NAME, check_resumable
+from lit_mnist.checkpoints import (
+    CONFIG_NAME,
+    AtomicCheckpointIO,
+    DatasetRecord,
+    check_dataset,
+    check_resumable,
+)
 from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, MNISTDataModule, default_data_dir
 from lit_mnist.errors import (
     CheckpointError,
+    CheckpointWriteError,
     ConfigError,
     DataError,
     Interrupted,
@@ -71,6 +79,7 @@ from lit_mnist.runtime import (
     check_accelerator,
     hide_advertisements,
     ignore_upstream_deprecations,
+    remove_stale_partials,
 )
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
@@ -418,6 +427,7 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
             auto_insert_metric_name=False,
         ),
         LastCheckpoint(checkpoints),
+        DatasetRecord(cfg.dataset, dataset_record(DATAMODULES[cfg.dataset])),
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]
@@ -463,8 +473,21 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         logger=loggers,
         callbacks=callbacks,
         profiler=build_profiler(cfg.profiler, run_dir),
+        plugins=[AtomicCheckpointIO()],  # every checkpoint written beside its target, synced, renamed
         **limits,
     )
+
+
+def dataset_record(cls: type[MNISTDataModule]) -> dict[str, Any]:
+    """What a checkpoint records of its dataset besides the name: classes, normalisation, shapes."""
+    classes = getattr(cls.dataset_cls, "classes", None)
+    return {
+        "classes": [str(c) for c in classes] if classes else None,
+        "mean": cls.mean,
+        "std": cls.std,
+        "num_classes": cls.num_classes,
+        "image_shape": list(cls.image_shape),
+    }
 
 
 def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
@@ -543,13 +566,14 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
     """
+    ckpt_path = None
+    if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
+        ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        check_dataset(ckpt_path, cfg.dataset)
     datamodule, model, plan = build_data_and_model(cfg)
     if _global_rank() == 0:
         print(plan.notice(), flush=True)
-
-    ckpt_path = None
-    if cfg.ckpt_path is not None:
-        ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if ckpt_path is not None:
         check_resumable(ckpt_path, model)
 
     version = _run_version(cfg, ckpt_path)
@@ -563,9 +587,15 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
         if version is not None:
             trainer.callbacks.append(SaveConfig(cfg, run_dir / CONFIG_NAME, parser or get_parser()))  # type: ignore[attr-defined]
 
+        if trainer.is_global_zero and version is not None:
+            for partial in remove_stale_partials(run_dir / "checkpoints"):
+                print(f"Removed {partial}, left by a save that was interrupted", flush=True)
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into the run's own folder: of course it is not empty
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                # A checkpoint from a moved run folder or another run: its best checkpoint is not this
+                # run's, and the final test takes this run's own (_own_best)
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
                 # A run stopped after an epoch's last training batch resumes without that epoch's
                 # validation (Lightning skips it): no val/acc for that epoch is expected, not a bug.
                 warnings.filterwarnings(
@@ -574,12 +604,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
-                raise Interrupted(
-                    _stop_signal(trainer),
-                    run_dir / "checkpoints" / "last.ckpt",
-                    trainer.current_epoch,
-                    trainer.global_step,
-                ) from None
+                raise _interrupted(trainer) from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
             except LoaderStateError as err:
@@ -590,18 +615,26 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
                     "--max-steps, --ckpt-every-n-steps, which set the group size), or from a checkpoint "
                     "written at the end of an epoch"
                 ) from None
+            except CheckpointWriteError as err:  # nothing recorded it as best or last (LastCheckpoint)
+                raise RunError(
+                    f"{err}; training stopped in epoch {trainer.current_epoch}; checkpoints written before "
+                    f"are intact in {run_dir / 'checkpoints'}{_newest(run_dir / 'checkpoints' / 'last.ckpt')}"
+                ) from None
             except OSError as err:  # disk full, folder removed, ...: the written checkpoints stay intact
                 raise RunError(
                     f"{err} (training stopped in epoch {trainer.current_epoch}; checkpoints written before "
                     f"are intact in {run_dir / 'checkpoints'})"
                 ) from None
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        best = _own_best(trainer, run_dir) if version is not None else ""
         try:
-            tested = trainer.test(
-                model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
-            )
+            with warnings.catch_warnings():  # a best checkpoint of a moved run folder names the old one
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+                tested = trainer.test(
+                    model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+                )
+        except SIGTERMException:  # training is complete and saved; the test was not
+            raise _interrupted(trainer, best=best or None, testing=True) from None
         except torch.OutOfMemoryError as err:
             raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
         results: dict[str, Any] = {
@@ -625,6 +658,38 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
+
+
+def _own_best(trainer: L.Trainer, run_dir: Path) -> str:
+    """The best checkpoint of this run, by a path inside its folder, or ``""`` when it has none on disk.
+
+    The best path Lightning's ``ModelCheckpoint`` remembers comes from the checkpoint a run resumed
+    from: after the run folder was moved it names the old place (the file is found here by its name),
+    and for a checkpoint copied from another run it names that run's file, which is not this run's.
+    """
+    checkpoint = trainer.checkpoint_callback
+    remembered = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not remembered:
+        return ""
+    here = run_dir / "checkpoints" / Path(remembered).name
+    if here.is_file():
+        return remembered if Path(remembered).resolve() == here.resolve() else str(here)
+    if trainer.is_global_zero:
+        print(
+            f"Note: the best checkpoint this run remembers, {remembered}, is not in {here.parent}; "
+            "the test uses the weights at the end of training",
+            file=sys.stderr,
+        )
+    return ""
+
+
+def _newest(last: Path) -> str:
+    """``"; the last one, FILE, is from epoch E, step S"``, or ``""`` when there is none to read."""
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        return f"; the last one, {last}, holds epoch {saved['epoch']}, step {saved['global_step']}"
+    except Exception:  # none yet, or unreadable: say nothing more
+        return ""
 
 
 def record_results(trainer: L.Trainer, hparams: dict[str, Any], results: dict[str, Any]) -> None:
@@ -660,6 +725,22 @@ class SaveConfig(L.Callback):
             saved = self.cfg.clone()
             saved.ckpt_path = None
             self.parser.save(saved, self.path, overwrite=True)
+
+
+def _interrupted(trainer: L.Trainer, best: str | None = None, testing: bool = False) -> Interrupted:
+    """What a SIGTERM or Ctrl-C stopped: training (and the checkpoint saved then), the sanity check
+    before training started (nothing saved), or the final test (``best``: what it was testing)."""
+    last = [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]  # type: ignore[attr-defined]
+    checkpoint = next((cb.saved_on_exception for cb in last if cb.saved_on_exception is not None), None)
+    if testing:
+        stage = "test"
+    elif any(cb.training_started for cb in last):
+        stage = "training"
+    else:
+        stage = "sanity check"
+    return Interrupted(
+        _stop_signal(trainer), checkpoint, trainer.current_epoch, trainer.global_step, stage=stage, best=best
+    )
 
 
 def _stop_signal(trainer: L.Trainer) -> str:
@@ -755,12 +836,8 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         results = train(cfg)
     except Interrupted as stop:
         if _global_rank() == 0:
-            args = list(sys.argv[1:] if argv is None else argv)
-            resume = " ".join([*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)])
             print(
-                f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
-                f"saved {stop.checkpoint}\nResume with: python scripts/train.py {resume}",
-                file=sys.stderr,
+                _stop_message(stop, list(sys.argv[1:] if argv is None else argv), prog, cfg), file=sys.stderr
             )
         return stop.exit_status
     except (UsageError, ConfigError) as err:
@@ -773,6 +850,38 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
     if _global_rank() == 0:
         print_summary(results, cfg)
     return 0
+
+
+def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace) -> str:
+    """What a signal stopped and what was saved (one line), then the command that goes on from there."""
+    train_cmd = "python scripts/train.py"
+    if stop.stage == "test":
+        evaluate = ["--ckpt-path", str(stop.best), "--data-dir", str(cfg.data_dir), "--dataset", cfg.dataset]
+        return (
+            f"{prog}: {stop.signal_name} stopped the final test; training had finished ({stop.epoch} epochs, "
+            f"step {stop.step}) and its checkpoints are saved; no test results were written\n"
+            + (
+                f"Test it with: python scripts/evaluate.py {shlex.join(evaluate)}"
+                if stop.best
+                else f"Test it with: {train_cmd} {shlex.join(args)}"
+            )
+        )
+    if stop.stage == "sanity check":  # before training started: nothing new to save
+        again = "Resume with" if cfg.ckpt_path is not None else "Start it again with"
+        return (
+            f"{prog}: {stop.signal_name} stopped the run before training started (in the sanity check); "
+            f"no checkpoint was written\n{again}: {train_cmd} {shlex.join(args)}"
+        )
+    if stop.checkpoint is None:  # e.g. --fast-dev-run, which writes no checkpoint
+        return (
+            f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
+            "no checkpoint was written"
+        )
+    resume = [*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)]
+    return (
+        f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
+        f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
+    )
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:
