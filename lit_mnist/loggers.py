@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_mnist.callbacks import MonitoringTensorBoardLogger
@@ -187,16 +187,20 @@ def log_artifacts(loggers: Sequence[Logger], files: Sequence[tuple[str, str]]) -
 
 
 def finish_runs(loggers: Sequence[Logger], succeeded: bool) -> None:
-    """End the W&B run of a finished ``train`` (rank 0), so that the next run in the process is a new one.
+    """Close what a finished ``train`` leaves open (rank 0), so that nothing writes after it returns.
 
-    Lightning's ``WandbLogger`` leaves the run open (its ``finalize`` only uploads checkpoints): a second
-    ``train_main`` in a notebook or a sweep would otherwise write into the first run.
+    Lightning finalizes the loggers at the end of ``fit`` and of ``test``; the HParams entry written
+    after the test reopens TensorBoard's writer (a new event file and a writer thread), which is closed
+    here. Lightning's ``WandbLogger`` leaves the W&B run open (its ``finalize`` only uploads
+    checkpoints): a second ``train_main`` in a notebook or a sweep would otherwise write into the first.
     """
-    if getattr(rank_zero_only, "rank", 0) != 0 or not any(
-        isinstance(logger, WandbLogger) for logger in loggers
-    ):
+    if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    import wandb
+    for logger in loggers:
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            logger.finalize("success" if succeeded else "failed")
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
 
-    if wandb.run is not None:
-        wandb.run.finish(exit_code=0 if succeeded else 1)
+        if wandb.run is not None:
+            wandb.run.finish(exit_code=0 if succeeded else 1)

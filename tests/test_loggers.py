@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -244,3 +245,12 @@ def test_the_extras_named_exist() -> None:
     extras = project["optional-dependencies"]
     for extra in ("mlflow", "wandb"):
         assert any(req.startswith(extra) for req in extras.get(extra, [])), (extra, extras.get(extra))
+
+
+def test_train_main_leaves_no_tensorboard_writer_running(run_args: list[str]) -> None:
+    """The HParams entry written after the test reopens TensorBoard's writer; the run closes it again, so
+    nothing writes into the run folder once ``train_main`` has returned (a notebook, a sweep)."""
+    before = set(threading.enumerate())
+    assert train_main([*run_args, "--max-epochs", "1"]) == 0
+    left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    assert left == [], left
