@@ -262,28 +262,28 @@ def trial_config(parser: ArgumentParser, base: Mapping[str, Any], values: Mappin
 
 
 def check_space(parser: ArgumentParser, space: Space, base: Mapping[str, Any]) -> None:
-    """Every bound and choice of the space, with the fixed flags, is a run that train.py accepts.
+    """The fixed flags, and each bound and choice of the space with them, are runs that train.py accepts.
+
+    Each value is checked with the others at train.py's defaults, so that an error names its cause.
 
     Raises:
         UsageError: one line naming the hyperparameter or flag and the value refused.
     """
-    first = {param.name: param.corners()[0] for param in space.params}
     try:
-        cfg = trial_config(parser, base, first)
+        cfg = trial_config(parser, base, {})
     except (ArgumentError, UsageError, ConfigError) as err:
         raise UsageError(
-            f"{describe(err)} (a flag of the sweep: --space {space.path} or the command line)"
+            f"{describe(err)} (a fixed flag: --space {space.path} or the command line)"
         ) from None
-    processes = world_size(cfg)
-    if processes != 1:
+    if world_size(cfg) != 1:
         raise UsageError(
-            f"--devices {cfg.devices} --num-nodes {cfg.num_nodes}: a trial runs in the sweep's own process, "
-            "on one device; run one sweep worker per device instead (e.g. CUDA_VISIBLE_DEVICES=1 lit-mnist sweep ...)"
+            f"--devices {cfg.devices} --num-nodes {cfg.num_nodes}: a trial runs in the sweep's own process, on "
+            "one device; run one sweep worker per device instead (e.g. CUDA_VISIBLE_DEVICES=1 lit-mnist sweep ...)"
         )
     for param in space.params:
-        for value in param.corners()[1:]:
+        for value in param.corners():
             try:
-                trial_config(parser, base, {**first, param.name: value})
+                trial_config(parser, base, {param.name: value})
             except (ArgumentError, UsageError, ConfigError) as err:
                 raise UsageError(
                     f"--space {space.path}: {param.name} {value!r} is refused: {describe(err)}"
@@ -543,7 +543,10 @@ class Objective:
         except NonFiniteLossError as err:
             reason = f"diverged: {str(err).split(';')[0]}"
             trial.report(float("nan"), step=recorder.epoch)  # the pruner prunes a NaN once it may prune
-            if trial.should_prune():
+            with warnings.catch_warnings():  # the median pruner's np.nanmax of the NaN, on purpose
+                warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+                prune = trial.should_prune()
+            if prune:
                 raise _pruned(trial, reason) from None
             raise _failed(trial, reason) from None
         except Interrupted as stop:  # SIGTERM / Ctrl-C: this trial fails, and the sweep stops
@@ -607,15 +610,20 @@ def optuna_verbosity(level: int) -> Iterator[None]:
         optuna.logging.set_verbosity(before)
 
 
+#: The trials ``--trials`` counts: every state but WAITING (enqueued, not started).
+COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+
+
 def run_sweep(study: optuna.Study, objective: Objective, trials: int | None, timeout: float | None) -> None:
     """Run trials until the study holds ``trials`` trials (every worker counts) or ``timeout`` passes."""
     import optuna
 
+    counted = tuple(optuna.trial.TrialState[name] for name in COUNTED)
     for number in fail_stale_trials(study):
         print(f"trial {number}: its worker stopped without finishing it (no heartbeat); marked failed")
     remaining = None
-    if trials is not None:
-        remaining = trials - len(study.get_trials(deepcopy=False))
+    if trials is not None:  # trials enqueued (WAITING) are yet to run: they do not count
+        remaining = trials - len(study.get_trials(deepcopy=False, states=counted))
         if remaining <= 0:
             print(
                 f"study {study.study_name} holds {trials - remaining} trials (--trials {trials}): none to run"
@@ -623,7 +631,7 @@ def run_sweep(study: optuna.Study, objective: Objective, trials: int | None, tim
             return
     callbacks: list[Any] = [Announce(objective.space)]
     if trials is not None:  # the other workers' trials count too (Optuna's documented way)
-        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=None))
+        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=counted))
     study.optimize(
         objective,
         n_trials=remaining,
@@ -729,8 +737,13 @@ def save_plots(study: optuna.Study, folder: Path) -> tuple[list[Path], str]:
     written, missing = [], ""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     plots: list[tuple[str, Callable[[optuna.Study], Any]]] = [("history.png", plot_optimization_history)]
-    if len(complete) >= 2:
-        plots.append(("importance.png", plot_param_importances))
+    if len({t.value for t in complete}) == 1 < len(complete):
+        missing = f"importance.png: every completed trial has the same value, {complete[0].value:.4g}"
+    elif len(complete) >= 2:
+        # fANOVA (scikit-learn's random forest), Optuna 4's default: Optuna 5's default (PED-ANOVA)
+        # needs many more trials than a small sweep has, and says so in a warning
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        plots.append(("importance.png", partial(plot_param_importances, evaluator=evaluator)))
     else:
         missing = f"importance.png needs two completed trials, the study has {len(complete)}"
     for name, plot in plots:
