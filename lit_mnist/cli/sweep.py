@@ -862,6 +862,15 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
     except (DataError, RunError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # the database went away in the middle of the sweep
+        if type(err).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        where = shown(opts.storage or default_storage(opts.log_dir))
+        print(
+            f"{prog}: error: the storage {where} failed: {first_line(getattr(err, 'orig', None) or err)}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def sweep(opts: Namespace, explicit: Mapping[str, Any]) -> int:
