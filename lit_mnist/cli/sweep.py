@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import re
 import socket
@@ -883,7 +884,12 @@ def sweep(opts: Namespace, explicit: Mapping[str, Any]) -> int:
         Path(opts.log_dir).mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, opts.heartbeat)
     name = opts.study or Path(opts.space).stem
-    max_epochs = int(base.get("max_epochs", train_parser().get_defaults().max_epochs))
+    searched = {p.name: p for p in space.params}
+    max_epochs = (  # Hyperband's largest budget: the most epochs a trial may train
+        int(max(searched["max_epochs"].corners()))
+        if "max_epochs" in searched
+        else int(base.get("max_epochs", train_parser().get_defaults().max_epochs))
+    )
     study = open_study(
         storage,
         name,
@@ -895,17 +901,11 @@ def sweep(opts: Namespace, explicit: Mapping[str, Any]) -> int:
     )
     print(f"Sweep: study {name} in {shown(url)}, trials in {opts.log_dir}/version_N")
     trials = opts.trials
-    if trials is None and opts.sampler == "grid":
-        trials = len(list(_grid_points(space)))
+    if trials is None and opts.sampler == "grid":  # the whole grid
+        trials = math.prod(len(values) for values in space.grid().values())
     objective = Objective(space, base, metric, direction)
     run_sweep(study, objective, trials, opts.timeout)
     return 0 if write_results(study, opts.log_dir, url) else 1
-
-
-def _grid_points(space: Space) -> Iterator[tuple[Any, ...]]:
-    import itertools
-
-    return itertools.product(*space.grid().values())
 
 
 def report(opts: Namespace) -> int:
