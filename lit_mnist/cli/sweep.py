@@ -804,6 +804,8 @@ def write_results(study: optuna.Study, log_dir: str, storage_url: str) -> bool:
             )
         if checkpoint := best.user_attrs.get("best_checkpoint"):
             lines.append(("Best checkpoint", str(checkpoint)))
+    else:
+        lines.append(("Best trial", "none: no trial has completed (exit status 1)"))
     plots, missing = save_plots(study, folder)
     if plots:
         lines.append(("Plots", ", ".join(str(p) for p in plots) + (f"  ({missing})" if missing else "")))
