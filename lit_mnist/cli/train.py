@@ -560,8 +560,13 @@ def _run_version(cfg: Namespace, ckpt_path: Path | None) -> int | None:
     return reserve_version(cfg.log_dir)
 
 
-def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any]:
+def train(
+    cfg: Namespace, parser: ArgumentParser | None = None, callbacks: Sequence[L.Callback] = ()
+) -> dict[str, Any]:
     """Run fit then test on the best checkpoint; return the results (also written to ``results.json``).
+
+    ``callbacks`` join the run's own (a sweep's pruning callback); an exception one of them raises
+    ends the run and reaches the caller as it is.
 
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
@@ -583,6 +588,7 @@ def train(cfg: Namespace, parser: ArgumentParser | None = None) -> dict[str, Any
     trainer, finished = None, False
     try:
         trainer = _make_trainer(cfg, version, plan)
+        trainer.callbacks.extend(callbacks)  # type: ignore[attr-defined]
         run_dir = Path(cfg.log_dir) / f"version_{version}"
         if version is not None:
             trainer.callbacks.append(SaveConfig(cfg, run_dir / CONFIG_NAME, parser or get_parser()))  # type: ignore[attr-defined]
