@@ -116,8 +116,11 @@ def test_defaults_are_the_classic_recipe() -> None:
     assert cfg.devices == "auto"
 
 
-def test_devices_forms() -> None:
+def test_devices_forms(tmp_path: Path) -> None:
     assert parse_devices(parse_args(["--devices", "2"]).devices) == 2
+    for text, devices in (("devices: 1\n", 1), ("devices: '0,1'\n", [0, 1]), ("devices: auto\n", "auto")):
+        (config := tmp_path / "run.yaml").write_text(text)  # YAML reads 1 as a number: taken as such
+        assert parse_devices(parse_args(["--config", str(config)]).devices) == devices, text
     assert parse_devices("-1") == -1
     assert parse_devices("0,1") == [0, 1]
     assert parse_devices("auto") == "auto"

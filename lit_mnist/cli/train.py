@@ -138,7 +138,7 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     trainer = parser.add_argument_group("Trainer")
     trainer.add_argument("--accelerator", type=Literal[ACCELERATORS], default="auto")
     trainer.add_argument(
-        "--devices", type=str, default="auto", help="Number, list like 0,1, -1 (all), or auto."
+        "--devices", type=int | str, default="auto", help="Number, list like 0,1, -1 (all), or auto."
     )
     trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
     trainer.add_argument("--num-nodes", type=int, default=1, help="Machines in a multi-node run.")
