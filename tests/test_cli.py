@@ -85,13 +85,23 @@ def test_resume_last_without_a_run(capsys: pytest.CaptureFixture[str], run_args:
         ("- 1\n- 2\n", "must be a YAML mapping of flag names to values"),
         ("lr: fast\n", "--lr expects a float, got 'fast'"),
         ("max_epochs: 0\n", "--max-epochs must be >= 1, got 0"),
+        (
+            "max_epochs: null\n",
+            "--max-epochs cannot be null (a config file's 'max_epochs: null'); give a value, e.g. 10",
+        ),
+        ("lr: null\n", "--lr cannot be null"),
+        ("log_dir: null\n", "--log-dir cannot be null"),
+        ("gradient_clip_val: null\nmax_time: null\n", None),  # null is their default: accepted
     ],
 )
 def test_bad_config_files(
-    content: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    content: str, expected: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
+    if expected is None:
+        assert parse_args(["--config", str(path)]).gradient_clip_val is None
+        return
     line = _usage_error(["--config", str(path)], capsys)
     assert expected in line
     if "key" in expected or "YAML" in expected:
@@ -170,3 +180,10 @@ def test_library_modules_do_not_import_the_command_line() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_binary_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "model.ckpt.yaml"
+    path.write_bytes(bytes(range(128, 256)) * 8)
+    line = _usage_error(["--config", str(path)], capsys)
+    assert "--config must be a YAML text file" in line

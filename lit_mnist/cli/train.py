@@ -228,7 +228,12 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Nam
     parser = get_parser(prog)
     try:
         cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        check_not_null(cfg, parser)
         check_config(cfg)
+    except UnicodeDecodeError as err:  # a binary file given as --config
+        usage_exit(
+            prog, f"--config must be a YAML text file; it holds bytes that are not UTF-8 text ({err.reason})"
+        )
     except ArgumentError as err:
         usage_exit(prog, one_line(str(err), argv))
     except UsageError as err:
@@ -236,6 +241,20 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Nam
     except ConfigError as err:
         usage_exit(prog, f"{err.flag} {err.message}")
     return cfg
+
+
+def check_not_null(cfg: Namespace, parser: ArgumentParser) -> None:
+    """Refuse ``null`` (``None``) for a flag that has a value by default: a config file's ``lr: null``.
+
+    Raises:
+        UsageError: naming the flag.
+    """
+    for key, default in parser.get_defaults().items():
+        if default is not None and key != "config" and cfg.get(key, default) is None:
+            raise UsageError(
+                f"--{key.replace('_', '-')} cannot be null (a config file's '{key}: null'); "
+                f"give a value, e.g. {default!r}, or leave the key out for the default"
+            )
 
 
 def check_config(cfg: Namespace) -> None:
