@@ -253,8 +253,8 @@ def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTCl
 
     Raises:
         CheckpointError: one line saying what is wrong: what :func:`read_checkpoint` raises, no
-            hyperparameters (not written by lit_mnist's training), or weights that do not fit the
-            model its hyperparameters build.
+            hyperparameters (not written by lit_mnist's training), weights that do not fit the
+            model its hyperparameters build, or weights that are NaN or infinite.
     """
     path = Path(path)
     raw = read_checkpoint(path)
@@ -267,6 +267,16 @@ def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTCl
         detail = " ".join(str(err).split())[:300] or type(err).__name__
         raise CheckpointError(f"{path} does not fit {model_cls.__name__} ({detail})") from None
     model.eval()
+    broken = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:  # a diverged run's weights: every prediction would be nan
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({broken[0]}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}): "
+            "the run diverged before it was saved; use a checkpoint from before, or train again with a lower --lr"
+        )
     dm_hparams = raw.get("datamodule_hyper_parameters")
     return LoadedCheckpoint(
         path=path,

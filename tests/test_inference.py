@@ -339,6 +339,28 @@ def test_weights_that_do_not_fit_their_hyperparameters_are_one_line(trained: Run
     assert "size mismatch" in line or "Missing key" in line or "Unexpected key" in line, line
 
 
+def test_nan_weights_are_refused_by_every_command(
+    trained: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A diverged run's checkpoint would predict ``nan`` and evaluate at chance with exit 0: refused."""
+    raw = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
+    name = next(key for key in raw["state_dict"] if key.endswith("weight"))
+    raw["state_dict"][name][0, 0] = float("nan")
+    torch.save(raw, bad := tmp_path / "diverged.ckpt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert str(info.value).startswith(f"{bad} holds NaN or infinite weights ({name}")
+    for command in (evaluate_main, export_main):
+        with pytest.raises(SystemExit) as exit_info:
+            command(
+                ["--ckpt-path", str(bad), "--data-dir", str(trained.data_dir)]
+                if command is evaluate_main
+                else ["--ckpt-path", str(bad)]
+            )
+        assert exit_info.value.code == 2
+        assert "holds NaN or infinite weights" in capsys.readouterr().err
+
+
 def test_quiet_trainer_logs_no_start_up_notes(monkeypatch: pytest.MonkeyPatch) -> None:
     records: list[logging.LogRecord] = []
 
