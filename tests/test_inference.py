@@ -257,6 +257,14 @@ def test_export_default_output_is_next_to_the_checkpoint(
         in capsys.readouterr().out
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt", "copy.pt2", "copy.pt2.json"]  # no temp
+    # again: the export is not replaced unless asked
+    before = (tmp_path / "copy.pt2").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        export_main(["--ckpt-path", str(ckpt), "--format", "torch-export"])
+    assert info.value.code == 2
+    assert f"--output {tmp_path / 'copy.pt2'} exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "copy.pt2").read_bytes() == before
+    assert export_main(["--ckpt-path", str(ckpt), "--format", "torch-export", "--overwrite"]) == 0
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -32,6 +32,9 @@ def get_parser(prog: str = "export.py") -> ArgumentParser:
         default=None,
         help="The file to write (default: next to the checkpoint, .onnx or .pt2).",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace the output file (and its .json) when it exists."
+    )
     return parser
 
 
@@ -43,6 +46,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
     output = Path(cfg.output) if cfg.output else ckpt.path.with_suffix(suffix)
     if output.is_dir():
         usage_exit(prog, f"--output {output} is a folder; give a file name ending in {suffix}")
+    if output.exists() and not cfg.overwrite:
+        usage_exit(prog, f"--output {output} exists; pass --overwrite to replace it, or another --output")
     model = ckpt.model.float()
     try:
         export_model(model, output, cfg.format)
