@@ -35,6 +35,10 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             "--devices must be a positive count, -1 (all), a list of indices like 0,1, or auto; got 0",
         ),
         (["--devices", "two"], "--devices must be a positive count"),
+        (
+            ["--accelerator", "cpu", "--devices", "0,1"],
+            "--devices 0,1 picks devices by index, which the CPU does not have; give a number of processes",
+        ),
         (["--max-epochs", "-3"], "--max-epochs must be >= 1, got -3"),
         (["--precision", "7"], "--precision must be one of 32-true, 32, 16-mixed"),
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),

@@ -290,7 +290,11 @@ def check_config(cfg: Namespace) -> None:
             raise UsageError(
                 f"--{key.replace('_', '-')} must be a count >= 0 or a fraction in [0, 1], got {value}"
             )
-    parse_devices(cfg.devices)
+    if isinstance(parse_devices(cfg.devices), list) and cfg.accelerator == "cpu":
+        raise UsageError(
+            f"--devices {cfg.devices} picks devices by index, which the CPU does not have; "
+            "give a number of processes instead, e.g. --devices 2"
+        )
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if cfg.strategy not in strategies:
         raise UsageError(
@@ -776,7 +780,7 @@ def _stop_signal(trainer: L.Trainer) -> str:
 def _make_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L.Trainer:
     try:
         return build_trainer(cfg, version, plan)
-    except (MisconfigurationException, ValueError) as err:
+    except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning's checks of its arguments
         raise UsageError(" ".join(str(err).split())) from None
     except OSError as err:  # a logger's files (metrics.csv, ...) cannot be written: disk full, ...
         checkpoints = Path(cfg.log_dir) / f"version_{version}" / "checkpoints"
