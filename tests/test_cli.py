@@ -191,3 +191,14 @@ def test_a_binary_config_file_is_one_line(tmp_path: Path, capsys: pytest.Capture
     path.write_bytes(bytes(range(128, 256)) * 8)
     line = _usage_error(["--config", str(path)], capsys)
     assert "--config must be a YAML text file" in line
+
+
+def test_a_log_dir_that_is_a_file_is_one_line(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (afile := tmp_path / "afile").write_text("not a folder")
+    line = _usage_error([*run_args, "--log-dir", str(afile)], capsys)
+    assert f"--log-dir {afile} is a file, not a folder" in line
+    line = _usage_error([*run_args, "--log-dir", str(afile / "runs")], capsys)
+    assert f"--log-dir {afile / 'runs'}: cannot create a run folder there" in line
+    assert afile.read_text() == "not a folder"

@@ -77,6 +77,7 @@ from lit_mnist.runtime import (
     PRECISION_ALIASES,
     PRECISIONS,
     check_accelerator,
+    first_line,
     hide_advertisements,
     ignore_upstream_deprecations,
     remove_stale_partials,
@@ -553,14 +554,21 @@ def reserve_version(log_dir: str | Path) -> int:
     ``log_dir`` never share a folder.
     """
     root = Path(log_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    version = max(_versions(root), default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{version}").mkdir()
-            return version
-        except FileExistsError:
-            version += 1
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--log-dir {root} is a file, not a folder; give a folder for the runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        version = max(_versions(root), default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+    except OSError as err:  # read-only, no permission, a file on the way
+        raise UsageError(
+            f"--log-dir {root}: cannot create a run folder there ({first_line(err)}); give a folder you can write"
+        ) from None
 
 
 def _global_rank() -> int:
