@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_mnist.callbacks import MonitoringTensorBoardLogger
 from lit_mnist.errors import UsageError
 from lit_mnist.groups import OptimizerStepAxis
+from lit_mnist.runtime import first_line
 
 LoggerName = Literal["tensorboard", "csv", "mlflow", "wandb"]
 LOGGERS: tuple[str, ...] = get_args(LoggerName)
@@ -196,11 +198,22 @@ def finish_runs(loggers: Sequence[Logger], succeeded: bool) -> None:
     """
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
+    # A logger that cannot close (a full disk, a server gone) costs a warning, never the run's own result
+    # or error: this runs in a ``finally``.
     for logger in loggers:
         if isinstance(logger, (TensorBoardLogger, CSVLogger)):
-            logger.finalize("success" if succeeded else "failed")
+            try:
+                logger.finalize("success" if succeeded else "failed")
+            except Exception as err:
+                print(
+                    f"warning: the {type(logger).__name__} could not close: {first_line(err)}",
+                    file=sys.stderr,
+                )
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
         if wandb.run is not None:
-            wandb.run.finish(exit_code=0 if succeeded else 1)
+            try:
+                wandb.run.finish(exit_code=0 if succeeded else 1)
+            except Exception as err:
+                print(f"warning: the W&B run could not be finished: {first_line(err)}", file=sys.stderr)

@@ -355,6 +355,12 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ("space:\n  optimizer: [sgd, foo]\n", "optimizer 'foo' is refused: --optimizer must be one of sgd"),
         ("space:\n  log_dir: [a, b]\n", "space 'log_dir': is the sweep's own flag"),
         ("space:\n  lr: [0.1]\nfixed:\n  max_epochs: 0\n", "--max-epochs must be >= 1, got 0 (a fixed flag"),
+        ("space:\n  lr: [0.1]\nfixed:\n  max_epochs: null\n", "--max-epochs cannot be null"),
+        ("space:\n  max_epochs: [null, 2]\n", "max_epochs None is refused: --max-epochs cannot be null"),
+        (
+            "space:\n  devices: [1, 2]\n",
+            "devices 2 is refused: --devices 2 --num-nodes 1: a trial runs in the sweep's own",
+        ),
         ("space:\n  lr: [0.1]\nfixed:\n  lr: 0.2\n", "lr is both searched (space) and fixed"),
     ],
 )

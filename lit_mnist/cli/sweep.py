@@ -54,6 +54,7 @@ from lit_mnist.cli.train import (
     build_datamodule,
     build_model,
     check_config,
+    check_not_null,
     reserve_version,
     train,
     world_size,
@@ -257,7 +258,13 @@ def trial_config(parser: ArgumentParser, base: Mapping[str, Any], values: Mappin
         ArgumentError, UsageError, ConfigError: a value the run would refuse.
     """
     cfg = parser.parse_object({**base, **values})
+    check_not_null(cfg, parser)
     check_config(cfg)
+    if world_size(cfg) != 1:
+        raise UsageError(
+            f"--devices {cfg.devices} --num-nodes {cfg.num_nodes}: a trial runs in the sweep's own process, on "
+            "one device; run one sweep worker per device instead (e.g. CUDA_VISIBLE_DEVICES=1 lit-mnist sweep ...)"
+        )
     build_model(cfg, build_datamodule(cfg))
     return cfg
 
@@ -271,16 +278,11 @@ def check_space(parser: ArgumentParser, space: Space, base: Mapping[str, Any]) -
         UsageError: one line naming the hyperparameter or flag and the value refused.
     """
     try:
-        cfg = trial_config(parser, base, {})
+        trial_config(parser, base, {})
     except (ArgumentError, UsageError, ConfigError) as err:
         raise UsageError(
             f"{describe(err)} (a fixed flag: --space {space.path} or the command line)"
         ) from None
-    if world_size(cfg) != 1:
-        raise UsageError(
-            f"--devices {cfg.devices} --num-nodes {cfg.num_nodes}: a trial runs in the sweep's own process, on "
-            "one device; run one sweep worker per device instead (e.g. CUDA_VISIBLE_DEVICES=1 lit-mnist sweep ...)"
-        )
     for param in space.params:
         for value in param.corners():
             try:
@@ -560,8 +562,12 @@ class Objective:
             raise _failed(trial, describe(err)) from None
         except Exception as err:  # a bug or an error of a library: this trial fails, the sweep goes on
             log = run_dir / "error.txt"
-            log.write_text("".join(traceback.format_exception(err)))
-            raise _failed(trial, f"{type(err).__name__}: {first_line(err)} (traceback in {log})") from None
+            try:
+                log.write_text("".join(traceback.format_exception(err)))
+                where = f" (traceback in {log})"
+            except OSError:  # a full disk: the trial's own error is what matters
+                where = ""
+            raise _failed(trial, f"{type(err).__name__}: {first_line(err)}{where}") from None
         finally:
             os.environ.pop(RUN_VERSION_ENV, None)
         value = recorder.best(self.direction)
@@ -854,8 +860,9 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
         usage_exit(prog, str(err))
     except Interrupted as stop:
         print(
-            f"{prog}: {stop.signal_name} stopped the sweep; the trial it was in is marked failed ({stop.checkpoint} "
-            "holds its last state). Run the same command to continue the sweep.",
+            f"{prog}: {stop.signal_name} stopped the sweep; the trial it was in is marked failed"
+            + (f" ({stop.checkpoint} holds its last state)" if stop.checkpoint is not None else "")
+            + ". Run the same command to continue the sweep.",
             file=sys.stderr,
         )
         return stop.exit_status
@@ -866,11 +873,16 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # the database went away in the middle of the sweep
-        if type(err).__module__.split(".")[0] != "sqlalchemy":
+        # Optuna's RDB storage wraps SQLAlchemy's errors in its StorageInternalError
+        storage_error = (
+            type(err).__module__.split(".")[0] == "sqlalchemy" or type(err).__name__ == "StorageInternalError"
+        )
+        if not storage_error:
             raise
+        cause = err.__cause__ or err
         where = shown(opts.storage or default_storage(opts.log_dir))
         print(
-            f"{prog}: error: the storage {where} failed: {first_line(getattr(err, 'orig', None) or err)}",
+            f"{prog}: error: the storage {where} failed: {first_line(getattr(cause, 'orig', None) or cause)}",
             file=sys.stderr,
         )
         return 1

@@ -81,6 +81,7 @@ from lit_mnist.runtime import (
     hide_advertisements,
     ignore_upstream_deprecations,
     remove_stale_partials,
+    write_atomic,
 )
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
@@ -686,8 +687,13 @@ def train(
             "figures": written_figures(trainer),
         }
         if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
-            record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
-            (run_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+            write_atomic(run_dir / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+            try:  # what the loggers keep of the results: a failure there costs a warning, not the results
+                record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
+            except Exception as err:
+                print(f"warning: the loggers did not take the results: {first_line(err)}", file=sys.stderr)
+            if "mlflow_run_id" in results:
+                write_atomic(run_dir / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
         finished = True
         return results
     finally:
