@@ -687,13 +687,14 @@ def train(
             "figures": written_figures(trainer),
         }
         if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):  # its run exists since the first metrics were logged
+                    results["mlflow_run_id"] = logger.run_id
             write_atomic(run_dir / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
             try:  # what the loggers keep of the results: a failure there costs a warning, not the results
                 record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
             except Exception as err:
                 print(f"warning: the loggers did not take the results: {first_line(err)}", file=sys.stderr)
-            if "mlflow_run_id" in results:
-                write_atomic(run_dir / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
         finished = True
         return results
     finally:
@@ -736,7 +737,7 @@ def _newest(last: Path) -> str:
 
 
 def record_results(trainer: L.Trainer, hparams: dict[str, Any], results: dict[str, Any]) -> None:
-    """What the loggers keep of a finished run: TensorBoard's HParams entry, MLflow's artifacts and run id.
+    """What the loggers keep of a finished run: TensorBoard's HParams entry and MLflow's artifacts.
 
     TensorBoard's HParams tab links the module's and datamodule's hyperparameters to the run's results,
     written under their own tags (``hp/val_acc_best``, ``hp/test_acc``): the server keeps one value per
@@ -746,8 +747,6 @@ def record_results(trainer: L.Trainer, hparams: dict[str, Any], results: dict[st
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics)
-        elif isinstance(logger, MLFlowLogger):
-            results["mlflow_run_id"] = logger.run_id
     files = [("checkpoints", results["best_checkpoint"])] if results["best_checkpoint"] else []
     log_artifacts(trainer.loggers, files + [("figures", path) for path in results["figures"].values()])
 
