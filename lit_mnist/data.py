@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from lit_mnist.augment import RandomAffine
 from lit_mnist.errors import ConfigError, DataError
 from lit_mnist.loader import InMemoryBatchLoader
 
@@ -65,6 +66,13 @@ class MNISTDataModule(L.LightningDataModule):
             ``K`` optimizer steps in one ``training_step`` (see :mod:`lit_mnist.groups`); ``K`` must
             divide the training batches per epoch. Validation and test batches are never grouped.
             Not a hyperparameter (not saved with the datamodule's).
+        augment_degrees: Training augmentation (in-memory loader): largest random rotation of each
+            training image, in degrees. 0 (with the two below): no augmentation.
+        augment_translate: Largest random shift of each training image, as a fraction of its size.
+        augment_scale: Largest random zoom in or out of each training image (0.1: 90% to 110%).
+            The three are applied per sample on whole batches on the training device
+            (:class:`~lit_mnist.augment.RandomAffine`), drawn from the seed and the epoch, so a
+            resumed run sees the same images. Validation and test images are never augmented.
     """
 
     dataset_cls: type[datasets.MNIST] = datasets.MNIST
@@ -95,6 +103,9 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         seed: int = 0,
         steps_per_batch: int = 1,
+        augment_degrees: float = 0.0,
+        augment_translate: float = 0.0,
+        augment_scale: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -111,6 +122,14 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 "steps_per_batch",
                 f"must be 1 with --loader {loader} (step groups come from the in-memory loader); got {steps_per_batch}",
+            )
+        self.augment = RandomAffine(
+            augment_degrees, augment_translate, augment_scale, fill=[-m / s for m, s in self.channel_stats()]
+        )
+        if self.augment.active and loader != "memory":
+            raise ConfigError(
+                "loader",
+                f"must be memory for augmentation (--augment-*: on whole batches on the device); got {loader!r}",
             )
         data_dir = str(data_dir or default_data_dir())
         self.save_hyperparameters(ignore=["steps_per_batch"])  # as the module's: how a run steps, not data
@@ -330,7 +349,12 @@ class MNISTDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
             steps_per_batch=self.steps_per_batch if split == "train" else 1,
+            augment=self.augment if split == "train" and self.augment.active else None,
         )
+
+    def channel_stats(self) -> list[tuple[float, float]]:
+        """``(mean, std)`` of each channel of the normalised images (one channel for the MNIST family)."""
+        return [(self.mean, self.std)] * self.image_shape[0]
 
     def transform(self) -> transforms.Compose:
         """The per-sample transform of the ``torchvision`` loader: ``ToTensor`` then ``Normalize``."""

@@ -47,7 +47,7 @@ included) and ``len(loader.dataset)`` the number of samples in the whole split.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -65,6 +65,15 @@ _STATE_VERSION = 2
 def _generator_seed(seed: int, epoch: int) -> int:
     """The seed of the CPU generator that draws epoch ``epoch``'s permutation (a value in [0, 2**64))."""
     return (seed * _SEED_MULTIPLIER + epoch) % (1 << 64)
+
+
+def _augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of the CPU generator that draws epoch ``epoch``'s augmentation numbers on ``rank``.
+
+    Another stream than the permutation's (a large odd offset), and one per rank: the ranks' shards
+    are other samples, so their warps are drawn apart.
+    """
+    return (_generator_seed(seed, epoch) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019 + rank) % (1 << 64)
 
 
 def _check_int(name: str, value: object, minimum: int | None = None) -> int:
@@ -114,6 +123,12 @@ class InMemoryBatchLoader:
             ``shuffle``.
         steps_per_batch: With ``K > 1`` each item is a list of up to ``K`` consecutive batches (a step
             group); with 1 (default) each item is one ``(images, targets)`` batch.
+        augment: Applied to every yielded batch of images on their device, e.g.
+            :class:`~lit_mnist.augment.RandomAffine`: called as ``augment(images, uniforms)`` where
+            ``uniforms`` ``(n, augment.draws)`` are the rows, for the batch's sample positions, of a
+            table drawn once per epoch from ``(seed, epoch, rank)``. The augmented batches are so a pure
+            function of the seed and the epoch: the same after a mid-epoch resume and for any
+            ``steps_per_batch``.
 
     Raises:
         TypeError: If ``images`` or ``targets`` is not a tensor.
@@ -141,6 +156,7 @@ class InMemoryBatchLoader:
         rank: int = 0,
         pad_shards: bool | None = None,
         steps_per_batch: int = 1,
+        augment: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         for name, tensor in (("images", images), ("targets", targets)):
             if not isinstance(tensor, Tensor):
@@ -167,6 +183,10 @@ class InMemoryBatchLoader:
         self.drop_last = bool(drop_last)
         self.pad_shards = self.shuffle if pad_shards is None else bool(pad_shards)
         self.steps_per_batch = _check_int("steps_per_batch", steps_per_batch, minimum=1)
+        draws = getattr(augment, "draws", None)
+        if augment is not None and (not isinstance(draws, int) or draws < 1):
+            raise ValueError("augment must have an int attribute `draws` >= 1 (uniform numbers per sample)")
+        self.augment = augment
 
         self._images = images
         self._targets = targets
@@ -242,7 +262,7 @@ class InMemoryBatchLoader:
             f"{type(self).__name__}(samples={self._images.shape[0]}, batch_size={self.batch_size},"
             f" shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last},"
             f" num_replicas={self.num_replicas}, rank={self.rank}, pad_shards={self.pad_shards},"
-            f" steps_per_batch={self.steps_per_batch},"
+            f" steps_per_batch={self.steps_per_batch}, augment={self.augment!r},"
             f" device={self.device}, epoch={self._epoch})"
         )
 
@@ -270,6 +290,21 @@ class InMemoryBatchLoader:
         if total > n:  # wrap around like DistributedSampler (n > 0 here since total >= 1)
             order = order.repeat(math.ceil(total / n))[:total]
         return order[self.rank : total : self.num_replicas]
+
+    def epoch_uniforms(self, epoch: int | None = None) -> Tensor:
+        """The augmentation table of one epoch for this rank: ``(num_samples, augment.draws)`` uniforms in [0, 1).
+
+        Row ``i`` belongs to the ``i``-th sample this rank yields in the epoch (CPU, float32).
+
+        Raises:
+            ValueError: If the loader has no ``augment``.
+        """
+        if self.augment is None:
+            raise ValueError("this loader has no augment")
+        epoch = self._epoch if epoch is None else _check_int("epoch", epoch, minimum=0)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(_augment_seed(self.seed, epoch, self.rank))
+        return torch.rand(self.num_samples, self.augment.draws, generator=generator)  # type: ignore[attr-defined]
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose order the next pass yields.
@@ -321,6 +356,9 @@ class InMemoryBatchLoader:
         index = None
         if self.shuffle or self.num_replicas > 1:
             index = self.epoch_indices().to(images.device, non_blocking=True)
+        augment, uniforms = self.augment, None
+        if augment is not None:
+            uniforms = self.epoch_uniforms().to(images.device, non_blocking=True)
         for item in range(start, len(self)):
             lo, hi = item * group * bs, min((item + 1) * group * bs, end)
             if self._pass_id == pass_id:
@@ -329,6 +367,8 @@ class InMemoryBatchLoader:
                 x, y = images[lo:hi], targets[lo:hi]
             else:
                 x, y = images.index_select(0, index[lo:hi]), targets.index_select(0, index[lo:hi])
+            if augment is not None and uniforms is not None:
+                x = augment(x, uniforms[lo:hi])
             if group == 1:
                 yield x, y
             else:
