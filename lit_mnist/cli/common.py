@@ -73,19 +73,21 @@ def constructor_flags(
     names: Sequence[str],
     defaults: Mapping[str, Any] | None = None,
     helps: Mapping[str, str] | None = None,
+    types: Mapping[str, Any] | None = None,
 ) -> None:
     """Add a ``--name`` flag for each of ``cls.__init__``'s arguments ``names``.
 
     One source for each hyperparameter: the signature gives the flag its type, default and choices
     (a ``Literal``), the class docstring's ``Args:`` its help, and the constructor checks its range.
     ``defaults`` and ``helps`` override them where the command line means something else than the
-    library (e.g. ``--steps-per-batch``, whose default the command line raises).
+    library (e.g. ``--steps-per-batch``, whose default the command line raises); ``types`` widen a
+    flag's type where the command line accepts more (``--lr auto``).
     """
     hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     docs = {p.arg_name: p.description or "" for p in docstring_parser.parse(cls.__doc__ or "").params}
     for name in names:
-        annotation = hints[name]
+        annotation = (types or {}).get(name, hints[name])
         default = (defaults or {}).get(name, params[name].default)
         text = (helps or {}).get(name) or " ".join(docs.get(name, "").replace("``", "").split())
         flag = "--" + name.replace("_", "-")

@@ -27,10 +27,17 @@ import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+)
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -72,6 +79,7 @@ from lit_mnist.loggers import (
     log_artifacts,
 )
 from lit_mnist.module import MNISTClassifier
+from lit_mnist.recipes import RECIPES, recipe_path, recipes_table
 from lit_mnist.runtime import (
     ACCELERATORS,
     PRECISION_ALIASES,
@@ -95,7 +103,10 @@ RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 #: this many optimizer steps. The library's default is 1, plain Lightning; see lit_mnist.groups.
 STEPS_PER_BATCH = 10
 #: Flags derived from the constructors' signatures (type, default, choices, help); ranges are checked there.
-DATA_FLAGS = ("data_dir", "batch_size", "num_workers", "val_size", "loader", "steps_per_batch", "download")
+DATA_FLAGS = (
+    "data_dir", "batch_size", "num_workers", "val_size", "loader", "steps_per_batch", "download",
+    "augment_degrees", "augment_translate", "augment_scale",
+)  # fmt: skip
 MODEL_FLAGS = ("model", "hidden_sizes", "dropout")
 OPTIMIZATION_FLAGS = (
     "optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler", "step_size", "gamma", "label_smoothing",
@@ -113,6 +124,13 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML file whose keys are these flags' names."
+    )
+    parser.add_argument(
+        "--recipe",
+        type=str | None,
+        default=None,
+        help=f"A named recipe ({', '.join(RECIPES)}), read like --config from lit_mnist/recipes/NAME.yaml "
+        "where it stands (flags after it override it); 'list' prints them with what each reached.",
     )
 
     data = parser.add_argument_group("Data")
@@ -133,7 +151,43 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     )
     constructor_flags(parser.add_argument_group("Model"), MNISTClassifier, MODEL_FLAGS)
     optim = parser.add_argument_group("Optimization")
-    constructor_flags(optim, MNISTClassifier, OPTIMIZATION_FLAGS)
+    constructor_flags(
+        optim,
+        MNISTClassifier,
+        OPTIMIZATION_FLAGS,
+        types={"lr": float | Literal["auto"]},
+        helps={
+            "lr": "Learning rate (the peak rate for onecycle); auto: the one Lightning's learning-rate "
+            "finder suggests (--lr-find)."
+        },
+    )
+    optim.add_argument(
+        "--lr-find",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="Before training, run Lightning's learning-rate finder (Tuner.lr_find, one process): print its "
+        "suggestion and save its plot as lr_find.png in the run folder; --lr auto trains with it.",
+    )
+    optim.add_argument(
+        "--ema",
+        type=float | None,
+        default=None,
+        help="Keep an exponential moving average of the weights with this decay (e.g. 0.999; Lightning's "
+        "EMAWeightAveraging): the averaged weights are validated, checkpointed, tested and exported.",
+    )
+    optim.add_argument(
+        "--swa-lr",
+        type=float | None,
+        default=None,
+        help="Stochastic weight averaging (Lightning's StochasticWeightAveraging) from --swa-epoch-start on, "
+        "at this learning rate: the averaged weights are tested, saved as checkpoints/swa.ckpt and exported.",
+    )
+    optim.add_argument(
+        "--swa-epoch-start",
+        type=int | float,
+        default=0.8,
+        help="Where SWA starts: an epoch index (int), or a fraction of --max-epochs (float in (0, 1)).",
+    )
     optim.add_argument("--gradient-clip-val", type=float | None, default=None, help="Clip gradient norm.")
     optim.add_argument("--accumulate-grad-batches", type=int, default=1, help="Batches per optimizer step.")
 
@@ -159,6 +213,12 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         type=int | None,
         default=None,
         help="Stop when val/acc has not improved for N epochs.",
+    )
+    trainer.add_argument(
+        "--compile",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="torch.compile the network (not the LightningModule); its compile time is paid in the first steps.",
     )
     trainer.add_argument("--seed", type=int, default=42, help="Seed of weights and shuffling.")
     trainer.add_argument("--deterministic", action=ActionYesNo(no_prefix="no-"), default=False)
@@ -228,8 +288,9 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Namespace:
     """Parse and check ``argv``; on a usage error print one line and exit with status 2."""
     parser = get_parser(prog)
+    args, _ = expand_recipe(list(sys.argv[1:] if argv is None else argv), prog)
     try:
-        cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        cfg = parser.parse_args(args)
         check_not_null(cfg, parser)
         check_config(cfg)
     except UnicodeDecodeError as err:  # a binary file given as --config
@@ -243,6 +304,41 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Nam
     except ConfigError as err:
         usage_exit(prog, f"{err.flag} {err.message}")
     return cfg
+
+
+def expand_recipe(args: list[str], prog: str) -> tuple[list[str], str | None]:
+    """``--recipe NAME`` -> ``--config <lit_mnist/recipes/NAME.yaml>`` in place; ``--recipe list`` prints them.
+
+    Returns:
+        The arguments to parse and the recipe's name (the last one given), or None.
+    """
+    expanded, recipe = [], None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--recipe" or arg.startswith("--recipe="):
+            if arg == "--recipe":
+                if i + 1 >= len(args):
+                    usage_exit(prog, f"--recipe needs a name: {', '.join(RECIPES)}, or list")
+                name, i = args[i + 1], i + 2
+            else:
+                name, i = arg.split("=", 1)[1], i + 1
+            if name == "list":
+                print(recipes_table())
+                raise SystemExit(0)
+            try:
+                path = recipe_path(name)
+            except KeyError:
+                usage_exit(
+                    prog,
+                    f"--recipe {name!r} is not a recipe; choose one of {', '.join(RECIPES)} (--recipe list)",
+                )
+            expanded += ["--config", str(path), f"--recipe={name}"]
+            recipe = name
+            continue
+        expanded.append(arg)
+        i += 1
+    return expanded, recipe
 
 
 def check_not_null(cfg: Namespace, parser: ArgumentParser) -> None:
@@ -303,6 +399,28 @@ def check_config(cfg: Namespace) -> None:
             f"--strategy {cfg.strategy!r} is not known; use auto, ddp, ddp_spawn, fsdp, deepspeed "
             "or another name in Lightning's StrategyRegistry"
         )
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
+    if cfg.swa_lr is not None and not (math.isfinite(cfg.swa_lr) and cfg.swa_lr > 0):
+        raise UsageError(f"--swa-lr must be a learning rate > 0, e.g. 0.01; got {cfg.swa_lr}")
+    if cfg.ema is not None and cfg.swa_lr is not None:
+        raise UsageError("--ema and --swa-lr both average the weights; give one of them")
+    start = cfg.swa_epoch_start
+    if (isinstance(start, float) and not 0 < start < 1) or (isinstance(start, int) and start < 0):
+        raise UsageError(
+            f"--swa-epoch-start must be an epoch index >= 0 (e.g. 8) or a fraction in (0, 1) (e.g. 0.8); got {start}"
+        )
+    if cfg.lr_find or cfg.lr == "auto":
+        flag = "--lr auto" if cfg.lr == "auto" else "--lr-find"
+        if cfg.ckpt_path is not None:
+            raise UsageError(
+                f"{flag} searches a learning rate before training starts; a resumed run (--ckpt-path) keeps its own"
+            )
+        if world_size(cfg) != 1:
+            raise UsageError(
+                f"{flag} runs Lightning's learning-rate finder in one process; run it with --devices 1 and "
+                "give the multi-device run the rate it finds (--lr)"
+            )
     check_accelerator(cfg.accelerator)
     check_installed(cfg.logger)
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
@@ -369,6 +487,12 @@ def groups_ruled_out(cfg: Namespace) -> str:
         return "--limit-train-batches counts Lightning's batches"
     if cfg.fast_dev_run:
         return "--fast-dev-run counts Lightning's batches"
+    if cfg.ema is not None:
+        return "--ema: Lightning's weight averaging updates once per batch Lightning sees"
+    if cfg.swa_lr is not None:
+        return (
+            "--swa-lr: Lightning's SWA sets its own learning-rate schedule, stepped by automatic optimization"
+        )
     return ""
 
 
@@ -475,6 +599,10 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         ]
         if cfg.log_histograms:
             callbacks.append(ParameterHistograms())
+    if cfg.ema is not None:  # validated, checkpointed (state_dict) and, after fit, left in the model
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema))
+    if cfg.swa_lr is not None:
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa_lr, swa_epoch_start=cfg.swa_epoch_start))
     limits = {
         f"limit_{stage}_batches": cfg[f"limit_{stage}_batches"]
         for stage in ("train", "val", "test")
@@ -527,6 +655,46 @@ def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
     trace = torch.profiler.tensorboard_trace_handler(str(run_dir / "profiler"))
     # acc_events: the report sums every profiled cycle (Lightning's schedule repeats), not the last one only
     return PyTorchProfiler(dirpath=run_dir, filename="profile", on_trace_ready=trace, acc_events=True)
+
+
+def find_lr(cfg: Namespace) -> tuple[float, Any]:
+    """Lightning's learning-rate finder on the run's data and model: ``(suggestion, plot figure)``.
+
+    A plain Trainer in this process (one step per batch, as ``Tuner.lr_find`` needs), no loggers; the
+    finder's temporary checkpoint goes to a temporary folder. The model it searched with is thrown
+    away: the run builds its own after, from the same seed.
+
+    Raises:
+        RunError: when the finder has no suggestion (the loss never fell, or too few steps).
+    """
+    import tempfile
+
+    searched = cfg.clone()
+    if searched.lr == "auto":
+        searched.lr = 1e-3  # the finder sweeps its own range; the module needs a number to start
+    datamodule = build_datamodule(searched, 1)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(searched, datamodule, 1)
+    with tempfile.TemporaryDirectory(prefix="lit_mnist_lr_find_") as tmp:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+        )
+        with warnings.catch_warnings():  # the finder's own notes on its short runs
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            finder = Tuner(trainer).lr_find(model, datamodule=datamodule)
+    suggestion = finder.suggestion() if finder is not None else None
+    if suggestion is None or not math.isfinite(suggestion) or suggestion <= 0:
+        raise RunError(
+            "the learning-rate finder found no rate where the loss falls fastest; give --lr a number"
+        )
+    return float(suggestion), finder.plot(suggest=True)  # type: ignore[union-attr]
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path:
@@ -607,7 +775,18 @@ def train(
     if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
         ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         check_dataset(ckpt_path, cfg.dataset)
+    lr_plot = None
+    if cfg.lr_find or cfg.lr == "auto":
+        found, lr_plot = find_lr(cfg)
+        print(
+            f"Learning-rate finder: suggests --lr {found:.3g}" + (", used" if cfg.lr == "auto" else ""),
+            flush=True,
+        )
+        if cfg.lr == "auto":
+            cfg.lr = float(f"{found:.3g}")  # config.yaml records the rate the run trained with
     datamodule, model, plan = build_data_and_model(cfg)
+    if cfg.compile:
+        model.net.compile()  # the nn.Module, in place: the state_dict keys stay those of the network
     if _global_rank() == 0:
         print(plan.notice(), flush=True)
     if ckpt_path is not None:
@@ -625,6 +804,9 @@ def train(
         if version is not None:
             trainer.callbacks.append(SaveConfig(cfg, run_dir / CONFIG_NAME, parser or get_parser()))  # type: ignore[attr-defined]
 
+        if trainer.is_global_zero and version is not None and lr_plot is not None:
+            lr_plot.savefig(run_dir / "lr_find.png", dpi=100)
+            print(f"Learning-rate finder plot: {run_dir / 'lr_find.png'}", flush=True)
         if trainer.is_global_zero and version is not None:
             for partial in remove_stale_partials(run_dir / "checkpoints"):
                 print(f"Removed {partial}, left by a save that was interrupted", flush=True)
@@ -665,6 +847,19 @@ def train(
                 ) from None
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = _own_best(trainer, run_dir) if version is not None else ""
+        if cfg.swa_lr is not None and version is not None:
+            # Lightning's SWA puts the averaged weights into the model when training ends, after the last
+            # checkpoint: they are saved (every rank calls, rank 0 writes) and tested, not the best epoch's
+            swa = run_dir / "checkpoints" / "swa.ckpt"
+            trainer.save_checkpoint(swa, weights_only=False)
+            best = str(swa)
+        # The averaging callbacks' work is done: on loading a checkpoint for the test, EMAWeightAveraging
+        # would put the weights it averaged *from* back into the model; the test is of the averaged ones.
+        callbacks_now: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        for callback in [
+            cb for cb in callbacks_now if isinstance(cb, (EMAWeightAveraging, StochasticWeightAveraging))
+        ]:
+            callbacks_now.remove(callback)
         try:
             with warnings.catch_warnings():  # a best checkpoint of a moved run folder names the old one
                 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
