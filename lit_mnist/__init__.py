@@ -7,7 +7,13 @@ from lit_mnist.callbacks import (
     PredictionImages,
     TrainingCurves,
 )
-from lit_mnist.data import FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
+from lit_mnist.data import (
+    FashionMNISTDataModule,
+    KMNISTDataModule,
+    MNISTDataModule,
+    TensorDataModule,
+    TensorImageDataset,
+)
 from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.networks import CNN, MLP
@@ -30,6 +36,8 @@ __all__ = [
     "PredictionImages",
     "StepGroups",
     "StepProgressBar",
+    "TensorDataModule",
+    "TensorImageDataset",
     "TrainingCurves",
 ]
 __version__ = "0.1.0"
