@@ -14,6 +14,7 @@ from lit_mnist.data import (
     TensorDataModule,
     TensorImageDataset,
 )
+from lit_mnist.folder import ImageFolderDataModule
 from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.networks import CNN, MLP
@@ -25,6 +26,7 @@ __all__ = [
     "EpochSpeed",
     "FashionMNISTDataModule",
     "GracefulInterrupt",
+    "ImageFolderDataModule",
     "KMNISTDataModule",
     "LastCheckpoint",
     "MNISTClassifier",
