@@ -7,7 +7,14 @@ from lit_mnist.callbacks import (
     PredictionImages,
     TrainingCurves,
 )
-from lit_mnist.data import FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
+from lit_mnist.data import (
+    FashionMNISTDataModule,
+    KMNISTDataModule,
+    MNISTDataModule,
+    TensorDataModule,
+    TensorImageDataset,
+)
+from lit_mnist.folder import ImageFolderDataModule
 from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.networks import CNN, MLP
@@ -19,6 +26,7 @@ __all__ = [
     "EpochSpeed",
     "FashionMNISTDataModule",
     "GracefulInterrupt",
+    "ImageFolderDataModule",
     "KMNISTDataModule",
     "LastCheckpoint",
     "MNISTClassifier",
@@ -30,6 +38,8 @@ __all__ = [
     "PredictionImages",
     "StepGroups",
     "StepProgressBar",
+    "TensorDataModule",
+    "TensorImageDataset",
     "TrainingCurves",
 ]
 __version__ = "0.1.0"

@@ -45,17 +45,25 @@ class DatasetRecord(L.Callback):
     refused (:func:`check_resumable`), and evaluate, predict and export use the checkpoint's dataset.
 
     Args:
-        dataset: The ``--dataset`` name (``mnist``, ``fashion-mnist``, ``kmnist``).
-        record: Plain values only (the checkpoint is read with ``weights_only=True``).
+        dataset: The ``--dataset`` name (``mnist``, ``fashion-mnist``, ``kmnist``, ``folder``).
+        record: Plain values only (the checkpoint is read with ``weights_only=True``). ``None`` (the
+            default): the trainer's datamodule's ``dataset_record()`` when the checkpoint is saved (after
+            ``setup``, so a normalisation computed from the training images is known).
     """
 
-    def __init__(self, dataset: str, record: dict[str, Any]) -> None:
-        self.record = {"dataset": dataset, **record}
+    def __init__(self, dataset: str, record: dict[str, Any] | None = None) -> None:
+        self.dataset = dataset
+        self.record = record
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[DATA_KEY] = dict(self.record)
+        record = self.record
+        if record is None:
+            # the Trainer's documented `datamodule` attribute; a datamodule without a record adds none
+            describe = getattr(getattr(trainer, "datamodule", None), "dataset_record", None)
+            record = describe() if callable(describe) else {}
+        checkpoint[DATA_KEY] = {"dataset": self.dataset, **record}
 
 
 def recorded_dataset(raw: Mapping[str, Any], path: str | Path) -> str | None:
@@ -130,6 +138,8 @@ class LoadedCheckpoint:
         run_config: The run's ``config.yaml`` next to the checkpoint folder, or empty.
         dataset: The ``--dataset`` recorded in the checkpoint (:class:`DatasetRecord`), or ``None``
             (a checkpoint written before lit_mnist recorded it).
+        data_record: The whole record (class names, ``mean``, ``std``, ``num_classes``,
+            ``image_shape``), or empty.
     """
 
     path: Path
@@ -137,6 +147,7 @@ class LoadedCheckpoint:
     datamodule_hparams: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    data_record: dict[str, Any] = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -284,6 +295,7 @@ def load_checkpoint(path: str | Path, model_cls: type[MNISTClassifier] = MNISTCl
         datamodule_hparams=dict(dm_hparams) if isinstance(dm_hparams, dict) else {},
         run_config=read_run_config(path),
         dataset=raw[DATA_KEY].get("dataset") if isinstance(raw.get(DATA_KEY), dict) else None,
+        data_record=dict(raw[DATA_KEY]) if isinstance(raw.get(DATA_KEY), dict) else {},
     )
 
 

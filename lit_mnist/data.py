@@ -1,9 +1,16 @@
-"""LightningDataModules for MNIST and its siblings: download, integrity, splits, normalisation.
+"""LightningDataModules of images held as tensors: the base (:class:`TensorDataModule`) and the MNIST family.
 
-``prepare_data`` is the only place that may touch the network (torchvision's downloader), and
-only when the raw files are not already there. ``setup`` parses the raw IDX files, checks them,
-and builds the seeded 55,000/5,000 train/val split of the official training set and the official
-test set, so every process of a multi-device run holds the same split.
+:class:`TensorDataModule` is the whole data path but the source: a subclass's ``load(train)`` returns
+the ``uint8`` images ``(N, C, H, W)`` and ``int64`` labels of the training or the test set (from files,
+a torchvision dataset, numpy arrays, anything), and the base checks them, builds the seeded train /
+validation split, normalises (with the class's ``mean``/``std``, or those of the training images),
+and serves them through the in-memory loader (sharded under DDP, resumable mid-epoch) or, with
+``loader="torchvision"``, through per-sample ``transforms`` and a ``DataLoader`` built from the very
+same tensors.
+
+The MNIST family (:class:`MNISTDataModule` and its siblings) adds its raw files: ``prepare_data`` is
+the only place that may touch the network (torchvision's downloader), and only when the raw files
+are missing or damaged (IDX structure, and the official release's MD5s).
 """
 
 from __future__ import annotations
@@ -16,14 +23,18 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from lit_mnist.augment import RandomAffine
 from lit_mnist.errors import ConfigError, DataError
@@ -41,23 +52,61 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV) or "data"
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST as 55,000 train / 5,000 validation / 10,000 test images, normalised.
+class TensorImageDataset(Dataset):
+    """The images and labels of one split as a map-style dataset for the ``torchvision`` loader.
 
-    A sibling dataset is a subclass that changes the class attributes below (see
-    ``FashionMNISTDataModule``); nothing else needs to change.
+    Item ``i`` is ``(transform(image), label)``: the ``uint8`` image as a PIL image (mode ``L`` for one
+    channel, ``RGB`` for three, ``RGBA`` for four), as torchvision's own datasets hand it to their
+    transforms, and the label as an ``int``.
 
     Args:
-        data_dir: The ``root`` folder; the raw files live in ``<data_dir>/<DatasetName>/raw``.
-            Defaults to ``$LIT_MNIST_DATA_DIR`` or ``./data``.
+        images: ``uint8`` ``(N, C, H, W)`` with C of 1, 3 or 4.
+        labels: ``(N,)`` class indices.
+        transform: Applied to each PIL image (e.g. augmentation, ``ToTensor``, ``Normalize``).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Any) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3, 4):
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W) with 1, 3 or 4 channels, got {images.dtype} {tuple(images.shape)}"
+            )
+        self.images = images.cpu()
+        self.labels = labels.cpu()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        array = self.images[index].permute(1, 2, 0).numpy()
+        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        return self.transform(image), int(self.labels[index])
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Images held as tensors: a subclass says where they come from, the base does the rest.
+
+    A subclass sets the class attributes below and implements :meth:`load`, which returns the images
+    and labels of the training set (``train=True``) or the test set (``train=False``). The base then
+    checks them (shape, counts, label range, non-empty splits: one line naming the source and the
+    fix, a :class:`~lit_mnist.errors.DataError`), holds out a seeded validation split of the training
+    set (the same on every DDP rank, independent of the run's seed), normalises, and serves the
+    splits through :class:`~lit_mnist.loader.InMemoryBatchLoader` (``loader="memory"``) or a
+    ``DataLoader`` over :class:`TensorImageDataset` with :meth:`transform` (``loader="torchvision"``,
+    for per-sample augmentation). Both loaders are built from the same tensors, so they serve the same
+    ``(image, label)`` pairs.
+
+    ``setup("fit")`` loads the test set too, so that a problem with it stops the run before training.
+
+    Args:
         batch_size: Samples per batch (per device under DDP).
         num_workers: DataLoader worker processes (``torchvision`` loader only).
-        val_size: Images of the official training set held out for validation.
+        val_size: Images of the training set held out for validation: a count (an int >= 1), or a
+            fraction of the training set (a float in (0, 1)).
         split_seed: Seed of the train/validation split (fixed, independent of the run's seed).
         loader: ``"memory"``: each split held once as a normalised tensor on the training device,
             batches by shuffled index slices; ``"torchvision"``: the classic per-sample
             ``transforms`` + ``DataLoader`` path (for augmentation).
-        download: Download the raw files with torchvision when they are missing.
         seed: Seed of the shuffling of the training batches (the in-memory loader mixes in the epoch).
         steps_per_batch: 1 (the default): one training batch of ``batch_size`` per Lightning batch,
             as Lightning's documentation describes. ``K > 1`` (in-memory loader only): each training
@@ -73,14 +122,326 @@ class MNISTDataModule(L.LightningDataModule):
             The three are applied per sample on whole batches on the training device
             (:class:`~lit_mnist.augment.RandomAffine`), drawn from the seed and the epoch, so a
             resumed run sees the same images. Validation and test images are never augmented.
+
+    Example::
+
+        class DigitsDataModule(TensorDataModule):
+            num_classes, image_shape = 10, (1, 8, 8)
+
+            def load(self, train):
+                images, labels = my_arrays(train)  # uint8 (N, 8, 8) and ints (N,)
+                return images, labels
+    """
+
+    #: Number of classes; labels must lie in ``[0, num_classes)``.
+    num_classes: int = 10
+    #: ``(C, H, W)`` of every image :meth:`load` returns.
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    #: Mean and standard deviation of the training images after scaling to [0, 1]: one value, or one
+    #: per channel. ``None``: computed from the training split (after the validation split is held out).
+    mean: float | tuple[float, ...] | None = None
+    std: float | tuple[float, ...] | None = None
+    #: Name of each class (``None``: the class indices as names).
+    classes: tuple[str, ...] | None = None
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_size: int | float = 0.1,
+        split_seed: int = 42,
+        loader: Loader = "memory",
+        seed: int = 0,
+        steps_per_batch: int = 1,
+        augment_degrees: float = 0.0,
+        augment_translate: float = 0.0,
+        augment_scale: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError("num_workers", f"must be >= 0, got {num_workers}")
+        if isinstance(val_size, bool) or not (
+            (isinstance(val_size, int) and val_size >= 1)
+            or (isinstance(val_size, float) and 0 < val_size < 1)
+        ):
+            raise ConfigError("val_size", f"must be a count >= 1 or a fraction in (0, 1), got {val_size}")
+        if steps_per_batch < 1:
+            raise ConfigError("steps_per_batch", f"must be >= 1, got {steps_per_batch}")
+        if loader not in LOADERS:
+            raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
+        if steps_per_batch > 1 and loader != "memory":
+            raise ConfigError(
+                "steps_per_batch",
+                f"must be 1 with --loader {loader} (step groups come from the in-memory loader); got {steps_per_batch}",
+            )
+        self.augment = RandomAffine(augment_degrees, augment_translate, augment_scale)
+        if self.augment.active and loader != "memory":
+            raise ConfigError(
+                "loader",
+                f"must be memory for augmentation (--augment-*: on whole batches on the device); got {loader!r}",
+            )
+        # as the module's: how a run steps, not data. The subclasses' own arguments are saved too.
+        self.save_hyperparameters(ignore=["steps_per_batch"])
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.loader = loader
+        self.seed = seed
+        self.steps_per_batch = steps_per_batch
+        self._splits: dict[str, tuple[Tensor, Tensor]] = {}  # normalised images, labels
+        self._pixels: dict[str, Tensor] = {}  # the uint8 images of each split (the torchvision loader's)
+        self._datasets: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------- the source
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """The images and labels of the training set (``train=True``) or the test set.
+
+        Returns:
+            ``uint8`` images ``(N, C, H, W)`` (pixels as stored, 0..255; ``(N, H, W)`` when
+            :attr:`image_shape` has one channel) and integer labels ``(N,)`` in ``[0, num_classes)``;
+            torch tensors or numpy arrays. The training set is split into train/val after this.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement load(train) (see TensorDataModule)")
+
+    def source(self, train: bool, what: str = "images") -> str:
+        """Where the ``what`` (``"images"`` or ``"labels"``) of a set come from, for error messages."""
+        return f"{type(self).__name__}.load(train={train})"
+
+    @property
+    def class_names(self) -> list[str]:
+        """The name of each class: :attr:`classes`, else ``"0"``, ``"1"``, ..."""
+        names = [str(c) for c in self.classes] if self.classes else []
+        return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
+    # ----------------------------------------------------------------------- splits
+    def setup(self, stage: str | None = None) -> None:
+        """Load, check and split the data needed for ``stage`` (once per process).
+
+        ``fit`` (and ``None``) loads the test set as well, so that its problems are found before
+        training; ``test`` and ``predict`` load only the test set when the normalisation is known.
+
+        Raises:
+            DataError: one line naming the source (file, folder or ``load``) and the fix.
+            ConfigError: ``val_size`` leaves no training images.
+        """
+        needs_stats = self.mean is None or self.std is None
+        if (stage in (None, "fit", "validate") or needs_stats) and "train" not in self._splits:
+            images, labels = self._checked(*self.load(train=True), train=True)
+            n = len(labels)
+            val_size = self.val_size if isinstance(self.val_size, int) else max(1, round(n * self.val_size))
+            if val_size >= n:
+                raise ConfigError(
+                    "val_size", f"must be smaller than the {n} training images, got {self.val_size}"
+                )
+            generator = torch.Generator().manual_seed(self.split_seed)
+            perm = torch.randperm(n, generator=generator)
+            indices = {"val": perm[:val_size], "train": perm[val_size:]}
+            for split, idx in indices.items():
+                self._pixels[split] = images[idx]
+            if needs_stats:
+                self.mean, self.std = pixel_stats(self._pixels["train"])
+            for split, idx in indices.items():
+                self._splits[split] = (self.normalise(self._pixels[split]), labels[idx])
+        if stage in (None, "fit", "test", "predict") and "test" not in self._splits:
+            images, labels = self._checked(*self.load(train=False), train=False)
+            self._pixels["test"] = images
+            self._splits["test"] = (self.normalise(images), labels)
+
+    def _checked(self, images: Any, labels: Any, train: bool) -> tuple[Tensor, Tensor]:
+        """``load``'s result as ``uint8`` ``(N, C, H, W)`` and ``int64`` ``(N,)`` tensors, or a DataError."""
+        where, labels_where = self.source(train, "images"), self.source(train, "labels")
+        split = "training" if train else "test"
+        images = _as_tensor(images, where, "images")
+        labels = _as_tensor(labels, labels_where, "labels")
+        if images.dim() == 3 and self.image_shape[0] == 1:
+            images = images.unsqueeze(1)
+        if images.dtype != torch.uint8:
+            raise DataError(
+                f"{where} gave {images.dtype} images; give uint8 pixels 0..255 "
+                "(from floats in [0, 1]: (x * 255).round().to(torch.uint8))"
+            )
+        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise DataError(
+                f"{where} gave images of shape {tuple(images.shape[1:])} (C, H, W) and {type(self).__name__}"
+                f".image_shape is {tuple(self.image_shape)}; set image_shape to the images' shape, or resize them"
+            )
+        if (
+            labels.dim() != 1
+            or labels.is_floating_point()
+            or labels.is_complex()
+            or labels.dtype == torch.bool
+        ):
+            raise DataError(
+                f"{labels_where} gave {labels.dtype} labels of shape {tuple(labels.shape)}; give integer "
+                "class indices, one per image (N,)"
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{where} holds {len(images)} images and {labels_where} {len(labels)} labels; every image needs "
+                "exactly one label: replace the shorter file with one of the same set"
+            )
+        if len(labels) == 0:
+            raise DataError(f"the {split} set is empty: {where} holds no images; give it at least one")
+        labels = labels.long()
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            raise DataError(
+                f"{labels_where} holds label {int(labels[index])} (image {index}, {int(bad.sum())} such labels) "
+                f"outside [0, {self.num_classes}) of {type(self).__name__}.num_classes = {self.num_classes}; "
+                "fix the labels, or set num_classes to cover them"
+            )
+        return images.contiguous(), labels
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """``uint8`` images as the model's float32 input: ``(x / 255 - mean) / std``, per channel.
+
+        The same arithmetic as ``transforms.ToTensor`` then ``transforms.Normalize``, to the bit.
+        """
+        channels = images.shape[1]
+        mean = torch.tensor(_per_channel(self.mean, channels), dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(_per_channel(self.std, channels), dtype=torch.float32).view(1, -1, 1, 1)
+        return images.float().div_(255).sub_(mean).div_(std)
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """The normalised images and labels of ``"train"``, ``"val"`` or ``"test"`` (after ``setup``)."""
+        return self._splits[name]
+
+    def pixels(self, name: str) -> Tensor:
+        """The ``uint8`` images of ``"train"``, ``"val"`` or ``"test"`` (after ``setup``), in ``split``'s order."""
+        return self._pixels[name]
+
+    def dataset_record(self) -> dict[str, Any]:
+        """What a checkpoint records of the dataset: class names, normalisation, classes, image shape.
+
+        Plain values only (checkpoints are read with ``weights_only=True``); the normalisation is known
+        after ``setup`` when the class gives none.
+        """
+        return {
+            "classes": self.class_names,
+            "mean": _plain_stat(self.mean),
+            "std": _plain_stat(self.std),
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+        }
+
+    # ------------------------------------------------------------------- dataloaders
+    def train_dataloader(self) -> Any:
+        loader = self._dataloader("train", shuffle=True)
+        if self.steps_per_batch > 1 and loader.num_batches % self.steps_per_batch:
+            raise ConfigError(
+                "steps_per_batch",
+                f"must divide the {loader.num_batches} training batches per epoch (per process), so that every "
+                f"group holds as many steps and the steps Lightning counts stay those of one step per batch; "
+                f"got {self.steps_per_batch} (lit_mnist.groups.group_size picks one)",
+            )
+        return loader
+
+    def val_dataloader(self) -> Any:
+        return self._dataloader("val", shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._dataloader("test", shuffle=False)
+
+    def predict_dataloader(self) -> Any:
+        """The test images (with their labels, which ``predict_step`` ignores)."""
+        return self._dataloader("test", shuffle=False)
+
+    def _dataloader(self, split: str, shuffle: bool) -> Any:
+        if self.loader == "torchvision":
+            if split not in self._datasets:
+                _, labels = self._splits[split]
+                self._datasets[split] = TensorImageDataset(self._pixels[split], labels, self.transform())
+            return DataLoader(
+                self._datasets[split],
+                batch_size=self.batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        images, targets = self._splits[split]
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            device = self.trainer.strategy.root_device
+            if images.device != device:
+                images, targets = images.to(device), targets.to(device)
+                self._splits[split] = (images, targets)
+        return InMemoryBatchLoader(
+            images,
+            targets,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            steps_per_batch=self.steps_per_batch if split == "train" else 1,
+            augment=self.train_augment() if split == "train" else None,
+        )
+
+    def train_augment(self) -> RandomAffine | None:
+        """The augmentation of the training batches (None without): pixels from outside an image are black."""
+        if not self.augment.active:
+            return None
+        channels = self.image_shape[0]
+        mean, std = _per_channel(self.mean, channels), _per_channel(self.std, channels)
+        self.augment.fill = [-m / s for m, s in zip(mean, std, strict=True)]  # black, normalised
+        return self.augment
+
+    def transform(self) -> transforms.Compose:
+        """The per-sample transform of the ``torchvision`` loader (on PIL images): ``ToTensor`` then ``Normalize``.
+
+        Override it to augment; keep ``ToTensor`` and ``Normalize(self.mean, self.std)`` last.
+        """
+        channels = self.image_shape[0]
+        return transforms.Compose(
+            [
+                transforms.ToTensor(),
+                transforms.Normalize(_per_channel(self.mean, channels), _per_channel(self.std, channels)),
+            ]
+        )
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST as 55,000 train / 5,000 validation / 10,000 test images, normalised.
+
+    A sibling dataset is a subclass that changes the class attributes below (see
+    ``FashionMNISTDataModule``); nothing else needs to change. Only this family reads, checks and
+    downloads MNIST's raw files; data from elsewhere is a :class:`TensorDataModule`.
+
+    Args:
+        data_dir: The ``root`` folder; the raw files live in ``<data_dir>/<DatasetName>/raw``.
+            Defaults to ``$LIT_MNIST_DATA_DIR`` or ``./data``.
+        batch_size: Samples per batch (per device under DDP).
+        num_workers: DataLoader worker processes (``torchvision`` loader only).
+        val_size: Images of the official training set held out for validation: a count, or a
+            fraction in (0, 1).
+        split_seed: Seed of the train/validation split (fixed, independent of the run's seed).
+        loader: ``"memory"``: each split held once as a normalised tensor on the training device,
+            batches by shuffled index slices; ``"torchvision"``: the classic per-sample
+            ``transforms`` + ``DataLoader`` path (for augmentation).
+        download: Download the raw files with torchvision when they are missing.
+        seed: Seed of the shuffling of the training batches (the in-memory loader mixes in the epoch).
+        steps_per_batch: 1 (the default): one training batch of ``batch_size`` per Lightning batch,
+            as Lightning's documentation describes. ``K > 1`` (in-memory loader only): each training
+            batch Lightning sees is a *step group*, a list of ``K`` consecutive batches of
+            ``batch_size``, for a module built with the same ``steps_per_batch`` that takes their
+            ``K`` optimizer steps in one ``training_step`` (see :mod:`lit_mnist.groups`); ``K`` must
+            divide the training batches per epoch. Validation and test batches are never grouped.
+            Not a hyperparameter (not saved with the datamodule's).
     """
 
     dataset_cls: type[datasets.MNIST] = datasets.MNIST
     #: Mean and standard deviation of the training images (after scaling to [0, 1]).
-    mean: float = 0.1307
-    std: float = 0.3081
+    mean: float | tuple[float, ...] | None = 0.1307
+    std: float | tuple[float, ...] | None = 0.3081
     num_classes: int = 10
     image_shape: tuple[int, int, int] = (1, 28, 28)
+    #: Height and width of the images in the raw files (the file format's, whatever ``image_shape`` says).
+    file_image_hw: tuple[int, int] = (28, 28)
     #: Official number of images in the training and test sets.
     train_count: int = 60_000
     test_count: int = 10_000
@@ -97,7 +458,7 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
-        val_size: int = 5_000,
+        val_size: int | float = 5_000,
         split_seed: int = 42,
         loader: Loader = "memory",
         download: bool = True,
@@ -107,44 +468,27 @@ class MNISTDataModule(L.LightningDataModule):
         augment_translate: float = 0.0,
         augment_scale: float = 0.0,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError("num_workers", f"must be >= 0, got {num_workers}")
-        if val_size < 1:
-            raise ConfigError("val_size", f"must be >= 1, got {val_size}")
-        if steps_per_batch < 1:
-            raise ConfigError("steps_per_batch", f"must be >= 1, got {steps_per_batch}")
-        if loader not in LOADERS:
-            raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
-        if steps_per_batch > 1 and loader != "memory":
-            raise ConfigError(
-                "steps_per_batch",
-                f"must be 1 with --loader {loader} (step groups come from the in-memory loader); got {steps_per_batch}",
-            )
-        self.augment = RandomAffine(
-            augment_degrees, augment_translate, augment_scale, fill=[-m / s for m, s in self.channel_stats()]
-        )
-        if self.augment.active and loader != "memory":
-            raise ConfigError(
-                "loader",
-                f"must be memory for augmentation (--augment-*: on whole batches on the device); got {loader!r}",
-            )
         data_dir = str(data_dir or default_data_dir())
-        self.save_hyperparameters(ignore=["steps_per_batch"])  # as the module's: how a run steps, not data
+        super().__init__(
+            batch_size,
+            num_workers,
+            val_size,
+            split_seed,
+            loader,
+            seed,
+            steps_per_batch,
+            augment_degrees,
+            augment_translate,
+            augment_scale,
+        )
         self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.val_size = val_size
-        self.split_seed = split_seed
-        self.loader = loader
         self.download = download
-        self.seed = seed
-        self.steps_per_batch = steps_per_batch
-        self._splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self._datasets: dict[str, Any] = {}
-        self._full_targets: dict[bool, Tensor] = {}  # labels as load() returned them, per set
+
+    @property
+    def class_names(self) -> list[str]:
+        """torchvision's names of the classes (``"0 - zero"``, ...), else the class indices."""
+        names = [str(c) for c in getattr(self.dataset_cls, "classes", None) or []]
+        return names if len(names) == self.num_classes else super().class_names
 
     # ----------------------------------------------------------------- files and integrity
     @property
@@ -256,7 +600,7 @@ class MNISTDataModule(L.LightningDataModule):
             return "missing"
         kind = "labels" if "labels" in path.name else "images"
         try:
-            count = _check_idx(path, kind, self.image_shape[1:])
+            count = _check_idx(path, kind, self.file_image_hw)
         except ValueError as err:
             return str(err)
         official = self.train_count if path.name.startswith("train") else self.test_count
@@ -265,108 +609,34 @@ class MNISTDataModule(L.LightningDataModule):
             return f"md5 {actual}, expected {expected}"
         return None
 
-    # ----------------------------------------------------------------------- splits
-    def setup(self, stage: str | None = None) -> None:
-        """Parse the raw files and build the splits needed for ``stage`` (once per process)."""
-        if stage in (None, "fit", "validate") and "train" not in self._splits:
-            images, targets = self.load(train=True)
-            self._full_targets[True] = targets
-            n = len(targets)
-            val_size = self.val_size
-            if val_size >= n:
-                raise ConfigError("val_size", f"must be smaller than the {n} training images, got {val_size}")
-            generator = torch.Generator().manual_seed(self.split_seed)
-            perm = torch.randperm(n, generator=generator)
-            self._split_indices = {"val": perm[:val_size], "train": perm[val_size:]}
-            for split, idx in self._split_indices.items():
-                self._splits[split] = (images[idx], targets[idx])
-        if stage in (None, "test", "predict") and "test" not in self._splits:
-            self._splits["test"] = self.load(train=False)
-            self._full_targets[False] = self._splits["test"][1]
-
     def load(self, train: bool) -> tuple[Tensor, Tensor]:
-        """Return the normalised images ``(N, C, H, W)`` (float32) and labels ``(N,)`` of one set.
+        """The ``uint8`` images ``(N, 1, 28, 28)`` and labels ``(N,)`` of the official training or test set.
 
-        The training set (``train=True``) is split into train/val after this; ``train=False`` is the
-        test set. Override it to derive a new task from the same files (other labels, a subset of
-        classes): the in-memory loader (the default) serves whatever it returns.
+        Override it to derive a new task from the same files (other labels, a subset of classes);
+        both loaders serve whatever it returns, normalised by the base.
         """
         if problems := self.find_problems():
             raise DataError(self._problem_message(problems, "prepare_data() did not run"))
-        dataset = self.dataset_cls(self.data_dir, train=train, download=False)
-        images = dataset.data.unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
-        return images, dataset.targets.long()
-
-    def split(self, name: str) -> tuple[Tensor, Tensor]:
-        """The normalised images and labels of ``"train"``, ``"val"`` or ``"test"`` (after ``setup``)."""
-        return self._splits[name]
-
-    # ------------------------------------------------------------------- dataloaders
-    def train_dataloader(self) -> Any:
-        loader = self._dataloader("train", shuffle=True)
-        if self.steps_per_batch > 1 and loader.num_batches % self.steps_per_batch:
-            raise ConfigError(
-                "steps_per_batch",
-                f"must divide the {loader.num_batches} training batches per epoch (per process), so that every "
-                f"group holds as many steps and the steps Lightning counts stay those of one step per batch; "
-                f"got {self.steps_per_batch} (lit_mnist.groups.group_size picks one)",
-            )
-        return loader
-
-    def val_dataloader(self) -> Any:
-        return self._dataloader("val", shuffle=False)
-
-    def test_dataloader(self) -> Any:
-        return self._dataloader("test", shuffle=False)
-
-    def predict_dataloader(self) -> Any:
-        """The test images (with their labels, which ``predict_step`` ignores)."""
-        return self._dataloader("test", shuffle=False)
-
-    def _dataloader(self, split: str, shuffle: bool) -> Any:
-        if self.loader == "torchvision":
-            return DataLoader(
-                self._torchvision_dataset(split),
-                batch_size=self.batch_size,
-                shuffle=shuffle,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-            )
-        images, targets = self._splits[split]
-        rank, world = 0, 1
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            device = self.trainer.strategy.root_device
-            if images.device != device:
-                images, targets = images.to(device), targets.to(device)
-                self._splits[split] = (images, targets)
-        return InMemoryBatchLoader(
-            images,
-            targets,
-            self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            steps_per_batch=self.steps_per_batch if split == "train" else 1,
-            augment=self.augment if split == "train" and self.augment.active else None,
+        images_file, labels_file = Path(self.source(train, "images")), Path(self.source(train, "labels"))
+        h, w = self.file_image_hw
+        # torchvision's readers fail on an IDX file of no items: that set is empty (setup says so)
+        images = (
+            read_image_file(str(images_file))
+            if _check_idx(images_file, "images", self.file_image_hw)
+            else torch.empty((0, h, w), dtype=torch.uint8)
         )
+        labels = (
+            read_label_file(str(labels_file))
+            if _check_idx(labels_file, "labels", self.file_image_hw)
+            else torch.empty((0,), dtype=torch.int64)
+        )
+        return images.unsqueeze(1), labels
 
-    def channel_stats(self) -> list[tuple[float, float]]:
-        """``(mean, std)`` of each channel of the normalised images (one channel for the MNIST family)."""
-        return [(self.mean, self.std)] * self.image_shape[0]
-
-    def transform(self) -> transforms.Compose:
-        """The per-sample transform of the ``torchvision`` loader: ``ToTensor`` then ``Normalize``."""
-        return transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.mean,), (self.std,))])
-
-    def _torchvision_dataset(self, split: str) -> Any:
-        if split not in self._datasets:
-            train = split != "test"
-            dataset = self.dataset_cls(self.data_dir, train=train, download=False, transform=self.transform())
-            dataset.targets = self._full_targets[train].cpu()  # the labels of load(), overridden or not
-            self._datasets[split] = Subset(dataset, self._split_indices[split].tolist()) if train else dataset
-        return self._datasets[split]
+    def source(self, train: bool, what: str = "images") -> str:
+        """The raw file of a set's images or labels (for error messages)."""
+        prefix = "train" if train else "t10k"
+        name = next(n for n in self.raw_files if n.startswith(prefix) and what in n)
+        return str(self.raw_folder / name)
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -387,11 +657,59 @@ class KMNISTDataModule(MNISTDataModule):
     raw_md5 = None
 
 
-DATAMODULES: dict[str, type[MNISTDataModule]] = {
+DATAMODULES: dict[str, type[TensorDataModule]] = {
     "mnist": MNISTDataModule,
     "fashion-mnist": FashionMNISTDataModule,
     "kmnist": KMNISTDataModule,
 }
+
+
+def pixel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``uint8`` images ``(N, C, H, W)`` scaled to [0, 1].
+
+    A channel that is constant everywhere gets a standard deviation of 1 (nothing to scale).
+    """
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.int64)
+    squares = torch.zeros(channels, dtype=torch.int64)
+    for chunk in images.split(4096):  # exact integer sums, a chunk of int64 at a time
+        values = chunk.transpose(0, 1).reshape(channels, -1).long()
+        total += values.sum(dim=1)
+        squares += values.square().sum(dim=1)
+    count = images.numel() // channels
+    mean = total.double() / count
+    std = (squares.double() / count - mean.square()).clamp_(min=0).sqrt_()
+    std = torch.where(std > 0, std, torch.full_like(std, 255.0))
+    return tuple(float(m) / 255 for m in mean), tuple(float(s) / 255 for s in std)
+
+
+def _per_channel(value: float | Sequence[float] | None, channels: int) -> tuple[float, ...]:
+    if value is None:
+        raise RuntimeError("the normalisation is not known before setup() (mean/std are None)")
+    values = (float(value),) * channels if isinstance(value, int | float) else tuple(float(v) for v in value)
+    if len(values) != channels:
+        raise ConfigError(
+            "mean", f"and std need one value or one per channel ({channels}), got {len(values)}"
+        )
+    return values
+
+
+def _plain_stat(value: float | Sequence[float] | None) -> float | list[float] | None:
+    """A mean or std as a checkpoint records it: one float for one value, else a list."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    values = [float(v) for v in value]
+    return values[0] if len(values) == 1 else values
+
+
+def _as_tensor(value: Any, where: str, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise DataError(
+        f"{where} gave {what} of type {type(value).__name__}; give a torch tensor or a numpy array"
+    )
 
 
 def _md5(path: Path) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_mnist.data import MNISTDataModule
+from lit_mnist.inference import DatasetInfo
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import replace_atomic
 
@@ -77,20 +77,20 @@ def run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
         return program.module()(images)
 
 
-def export_metadata(
-    model: MNISTClassifier, datamodule_cls: type[MNISTDataModule], dataset: str
-) -> dict[str, Any]:
+def export_metadata(model: MNISTClassifier, info: DatasetInfo) -> dict[str, Any]:
     """What a user of the exported model needs: input layout, normalisation, class names."""
     hp: Any = model.hparams
     shape = [int(d) for d in hp.input_shape]
+    polarity = "" if info.is_folder else ", light strokes on dark"
     return {
-        "dataset": dataset,
-        "input": f"input: float32 (N, {', '.join(map(str, shape))}), x = (pixel / 255 - mean) / std, "
-        "light strokes on dark",
+        "dataset": info.name,
+        "input": f"input: float32 (N, {', '.join(map(str, shape))}), x = (pixel / 255 - mean) / std"
+        + (" per channel" if shape[0] > 1 else "")
+        + polarity,
         "output": f"logits: float32 (N, {int(hp.num_classes)}); softmax gives the probabilities",
         "input_shape": shape,
-        "mean": datamodule_cls.mean,
-        "std": datamodule_cls.std,
-        "class_names": list(getattr(datamodule_cls.dataset_cls, "classes", [])),
+        "mean": info.mean,
+        "std": info.std,
+        "class_names": list(info.class_names),
         "model": hp.model,
     }

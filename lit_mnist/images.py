@@ -8,6 +8,7 @@ why, so that one bad file never stops the others from being classified.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,21 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         ImageError: not a file, not an image of :data:`IMAGE_FORMATS`, truncated or corrupted, or
             larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb).
     """
+    return _read(path, _to_gray)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as a float32 ``(H, W, 3)`` array in [0, 1]; EXIF rotation applied.
+
+    Any colour mode is converted with PIL's ``convert("RGB")`` (transparency is dropped).
+
+    Raises:
+        ImageError: as :func:`read_grayscale`.
+    """
+    return _read(path, lambda image: np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def _read(path: str | Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError("no such file" if not path.exists() else "not a file")
@@ -45,7 +61,7 @@ def read_grayscale(path: str | Path) -> np.ndarray:
             with Image.open(path, formats=IMAGE_FORMATS) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
-                return _to_gray(image)
+                return convert(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"refused: more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}), "

@@ -28,8 +28,10 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint
-from lit_mnist.data import DATAMODULES, MNISTDataModule, default_data_dir
+from lit_mnist.data import MNISTDataModule, TensorDataModule, default_data_dir
+from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import ImageError, UsageError
+from lit_mnist.folder import read_image
 from lit_mnist.images import prepare_image
 from lit_mnist.loader import InMemoryBatchLoader
 from lit_mnist.module import MNISTClassifier
@@ -51,45 +53,111 @@ def resolve_dataset(flag: str | None, ckpt: LoadedCheckpoint) -> tuple[str, str]
                 "(the checkpoint says which) or pass --dataset " + ckpt.dataset
             )
         return flag, "--dataset"
-    if ckpt.dataset in DATAMODULES:
+    if ckpt.dataset in DATASETS:
         return str(ckpt.dataset), "the checkpoint"
     from_run = ckpt.run_config.get("dataset")
-    if isinstance(from_run, str) and from_run in DATAMODULES:
+    if isinstance(from_run, str) and from_run in DATASETS:
         return from_run, f"the run's {CONFIG_NAME}"
     return "mnist", "default"
 
 
-def check_fits(model: MNISTClassifier, datamodule_cls: type[MNISTDataModule], dataset: str) -> None:
+@dataclass
+class DatasetInfo:
+    """What using a model needs of its dataset: class names, normalisation, input shape.
+
+    From the checkpoint's record (:class:`~lit_mnist.checkpoints.DatasetRecord`), else (a checkpoint
+    written before the record) from the dataset's class attributes.
+    """
+
+    name: str
+    class_names: list[str]
+    mean: float | list[float]
+    std: float | list[float]
+    num_classes: int
+    image_shape: list[int]
+    color: str = "grayscale"
+
+    @property
+    def is_folder(self) -> bool:
+        """An image-folder dataset: its images are read as training read them (no inversion, no framing)."""
+        return self.name == "folder"
+
+
+def dataset_info(ckpt: LoadedCheckpoint, dataset: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``dataset`` for the checkpoint ``ckpt``.
+
+    Raises:
+        UsageError: a folder dataset's checkpoint without a record (nothing says its classes).
+    """
+    record = ckpt.data_record if ckpt.data_record.get("dataset") == dataset else {}
+    if {"mean", "std", "num_classes", "image_shape"} <= set(record):
+        num_classes = int(record["num_classes"])
+        names = record.get("classes") or [str(i) for i in range(num_classes)]
+        return DatasetInfo(
+            dataset, [str(n) for n in names], record["mean"], record["std"], num_classes,
+            [int(d) for d in record["image_shape"]], str(record.get("color", "grayscale")),
+        )  # fmt: skip
+    cls = DATASETS[dataset]
+    if not issubclass(cls, MNISTDataModule) or cls.mean is None or cls.std is None:
+        raise UsageError(f"{ckpt.path} does not record its {dataset} dataset (classes, normalisation)")
+    mean, std = cls.mean, cls.std
+    names = [str(c) for c in getattr(cls.dataset_cls, "classes", None) or []]
+    return DatasetInfo(
+        dataset,
+        names if len(names) == cls.num_classes else [str(i) for i in range(cls.num_classes)],
+        float(mean) if isinstance(mean, int | float) else list(mean),
+        float(std) if isinstance(std, int | float) else list(std),
+        cls.num_classes,
+        list(cls.image_shape),
+    )
+
+
+def check_fits(model: MNISTClassifier, info: DatasetInfo) -> None:
     """Raise :class:`UsageError` when the model's classes or input shape do not match the dataset's."""
     hp: Any = model.hparams
-    if int(hp.num_classes) != datamodule_cls.num_classes or list(hp.input_shape) != list(
-        datamodule_cls.image_shape
-    ):
+    if int(hp.num_classes) != info.num_classes or list(hp.input_shape) != list(info.image_shape):
         raise UsageError(
-            f"--dataset {dataset} has {datamodule_cls.num_classes} classes of {list(datamodule_cls.image_shape)} "
+            f"--dataset {info.name} has {info.num_classes} classes of {list(info.image_shape)} "
             f"images; the checkpoint's model takes {hp.num_classes} classes of {list(hp.input_shape)}"
         )
 
 
 def build_datamodule(
     ckpt: LoadedCheckpoint, dataset: str, data_dir: str | None = None, batch_size: int | None = None
-) -> MNISTDataModule:
+) -> TensorDataModule:
     """The datamodule of ``dataset`` with the checkpoint's data settings.
 
     The data folder is ``data_dir`` when given, else the checkpoint's ``data_dir`` when it holds the
-    dataset's raw files, else the default (``$LIT_MNIST_DATA_DIR`` or ``./data``).
+    dataset's raw files (a folder dataset: when it exists), else the default (``$LIT_MNIST_DATA_DIR``
+    or ``./data``). A folder dataset is normalised with the checkpoint's recorded mean and std.
+
+    Raises:
+        DataError: a folder dataset's folder is missing or holds no class folders.
+        UsageError: a folder dataset's classes are not those the checkpoint was trained on.
     """
-    cls = DATAMODULES[dataset]
+    cls = DATASETS[dataset]
     accepted = inspect.signature(cls.__init__).parameters
     hparams = {k: v for k, v in ckpt.datamodule_hparams.items() if k in accepted and k != "self"}
     if data_dir is None:
         saved = hparams.get("data_dir")
-        has_raw = saved and (Path(saved) / cls.dataset_cls.__name__ / "raw").is_dir()
-        data_dir = str(saved) if has_raw else default_data_dir()
+        if issubclass(cls, MNISTDataModule):
+            has_data = saved and (Path(saved) / cls.dataset_cls.__name__ / "raw").is_dir()
+        else:
+            has_data = saved and Path(saved).is_dir()
+        data_dir = str(saved) if has_data else default_data_dir()
     hparams["data_dir"] = data_dir
     if batch_size is not None:
         hparams["batch_size"] = batch_size
-    return cls(**hparams)
+    if "mean" in accepted:  # normalised as in training, whatever the folder holds now
+        info = dataset_info(ckpt, dataset)
+        hparams.update(mean=info.mean, std=info.std)
+    datamodule = cls(**hparams)
+    if "mean" in accepted and datamodule.class_names != dataset_info(ckpt, dataset).class_names:
+        raise UsageError(
+            f"--data-dir {data_dir} holds the classes {', '.join(datamodule.class_names)}; {ckpt.path} was "
+            f"trained on {', '.join(dataset_info(ckpt, dataset).class_names)}"
+        )
+    return datamodule
 
 
 def run_precision(run_config: dict[str, Any]) -> str:
@@ -180,7 +248,10 @@ class Evaluation:
 
 
 def evaluate(
-    model: MNISTClassifier, datamodule: MNISTDataModule, accelerator: str = "auto", precision: str = "32-true"
+    model: MNISTClassifier,
+    datamodule: TensorDataModule,
+    accelerator: str = "auto",
+    precision: str = "32-true",
 ) -> Evaluation:
     """Test ``model`` on the datamodule's test split with ``Trainer.test``, as training does.
 
@@ -193,7 +264,11 @@ def evaluate(
         trainer = quiet_trainer(accelerator, precision, callbacks=[confusion])
         (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     matrix = confusion.matrix.compute().cpu()
-    names = list(getattr(datamodule.dataset_cls, "classes", [])) or [str(i) for i in range(len(matrix))]
+    names = (
+        datamodule.class_names
+        if len(datamodule.class_names) == len(matrix)
+        else [str(i) for i in range(len(matrix))]
+    )
     return Evaluation(
         test_loss=float(metrics["test/loss"]),
         test_acc=float(metrics["test/acc"]),
@@ -253,29 +328,41 @@ class Prediction:
 def predict_files(
     model: MNISTClassifier,
     files: Sequence[str | Path],
-    datamodule_cls: type[MNISTDataModule],
+    info: DatasetInfo,
     invert: str = "auto",
     fit: str = "frame",
     accelerator: str = "auto",
     batch_size: int = 256,
 ) -> list[Prediction]:
-    """Classify image files; a file that cannot be read gets a :class:`Prediction` with ``error``."""
+    """Classify image files; a file that cannot be read gets a :class:`Prediction` with ``error``.
+
+    An image-folder dataset's files are read as its training images were (:func:`lit_mnist.folder.read_image`:
+    ``invert`` and ``fit`` do not apply); the MNIST family's by :func:`lit_mnist.images.prepare_image`.
+    """
     hp: Any = model.hparams
     size = (int(hp.input_shape[1]), int(hp.input_shape[2]))
+    channels = int(hp.input_shape[0])
     results = [Prediction(file=str(f)) for f in files]
     tensors: list[Tensor] = []
     readable: list[Prediction] = []
+    mean = torch.tensor(info.mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32).reshape(-1, 1, 1)
     for result in results:
         try:
-            tensors.append(
-                prepare_image(result.file, datamodule_cls.mean, datamodule_cls.std, size, invert, fit)
-            )
+            if info.is_folder:
+                color = "grayscale" if channels == 1 else "rgb"
+                pixels = read_image(result.file, size[0], color)
+                tensors.append(pixels.float().div_(255).sub_(mean).div_(std))
+            else:
+                tensors.append(
+                    prepare_image(result.file, float(mean[0, 0, 0]), float(std[0, 0, 0]), size, invert, fit)
+                )
             readable.append(result)
         except ImageError as err:
             result.error = str(err)
     if tensors:
         probabilities = predict_tensors(model, torch.stack(tensors), accelerator, batch_size)
-        names = list(getattr(datamodule_cls.dataset_cls, "classes", []))
+        names = info.class_names
         for result, probs in zip(readable, probabilities, strict=True):
             label = int(probs.argmax())
             result.label = label

@@ -27,7 +27,7 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     ("argv", "expected"),
     [
         (["--lr", "-1"], "--lr must be > 0, got -1.0"),
-        (["--lr", "abc"], "--lr expects a float, got 'abc'"),
+        (["--lr", "abc"], "--lr expects a float or auto, got 'abc'"),
         (["--optimizer", "foo"], "--optimizer must be one of sgd, adam, adamw, rmsprop; got 'foo'"),
         (["--scheduler", "linear"], "--scheduler must be one of none, step, cosine, onecycle; got 'linear'"),
         (
@@ -87,7 +87,7 @@ def test_resume_last_without_a_run(capsys: pytest.CaptureFixture[str], run_args:
         ("max_epochs: 3\nfoo: 1\n", "unknown key 'foo'"),
         ("max_epochs: [\n", "not valid YAML"),
         ("- 1\n- 2\n", "must be a YAML mapping of flag names to values"),
-        ("lr: fast\n", "--lr expects a float, got 'fast'"),
+        ("lr: fast\n", "--lr expects a float or auto, got 'fast'"),
         ("max_epochs: 0\n", "--max-epochs must be >= 1, got 0"),
         (
             "max_epochs: null\n",

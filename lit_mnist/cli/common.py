@@ -19,9 +19,9 @@ import docstring_parser
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint, load_checkpoint
-from lit_mnist.data import DATAMODULES
+from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import CheckpointError, UsageError
-from lit_mnist.inference import check_fits, resolve_dataset
+from lit_mnist.inference import DatasetInfo, check_fits, dataset_info, resolve_dataset
 from lit_mnist.runtime import check_accelerator
 
 
@@ -45,6 +45,11 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
     if m := re.match(r"the following arguments are required: (.*)", message):
         names = [flag(n.strip()) for n in m[1].split(",")]
         return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} required (see --help)"
+    # a number or a word (--lr auto): float | Literal["auto"]
+    number_or = r'Parser key "(\w+)".*?Subtypes: \[<class \'(\w+)\'>, typing\.Literal\[([^\]]*)\]\].*?Given value: (.*)'
+    if m := re.match(number_or, message, re.S):
+        words = m[3].replace(chr(39), "")
+        return f"{flag(m[1])} expects {'an' if m[2][0] in 'aeiou' else 'a'} {m[2]} or {words}, got {m[4].strip()!r}"
     # a choice (a Literal type), also as one of a union's types (an optional choice)
     literal = r'Parser key "(\w+)"[^:]*:.*?Expected a typing\.Literal\[([^\]]*)\].*?(?:Got|Given) value: (.*)'
     if m := re.match(literal, message, re.S):
@@ -118,15 +123,16 @@ def checkpoint_parser(prog: str, description: str) -> ArgumentParser:
     parser.add_argument("--ckpt-path", type=str, required=True, help="A .ckpt file written by training.")
     parser.add_argument(
         "--dataset",
-        type=Literal[tuple(DATAMODULES)] | None,
+        type=Literal[tuple(DATASETS)] | None,
         default=None,
         help=f"Dataset of the checkpoint (default: the run's {CONFIG_NAME}, else mnist).",
     )
     return parser
 
 
-def load_or_exit(cfg: Namespace, prog: str) -> tuple[LoadedCheckpoint, str, str]:
-    """The checkpoint of ``--ckpt-path`` and its dataset (name, where the name came from).
+def load_or_exit(cfg: Namespace, prog: str) -> tuple[LoadedCheckpoint, DatasetInfo, str]:
+    """The checkpoint of ``--ckpt-path``, its dataset (:class:`~lit_mnist.inference.DatasetInfo`) and
+    where the dataset's name came from.
 
     A missing GPU, an unreadable checkpoint or a dataset that does not fit the model ends the
     process with one line and status 2.
@@ -135,9 +141,10 @@ def load_or_exit(cfg: Namespace, prog: str) -> tuple[LoadedCheckpoint, str, str]
         check_accelerator(getattr(cfg, "accelerator", "cpu"))
         ckpt = load_checkpoint(cfg.ckpt_path)
         dataset, source = resolve_dataset(cfg.dataset, ckpt)
-        check_fits(ckpt.model, DATAMODULES[dataset], dataset)
+        info = dataset_info(ckpt, dataset)
+        check_fits(ckpt.model, info)
     except CheckpointError as err:
         usage_exit(prog, f"--ckpt-path {err}")
     except UsageError as err:
         usage_exit(prog, str(err))
-    return ckpt, dataset, source
+    return ckpt, info, source

@@ -15,7 +15,8 @@ from jsonargparse import ArgumentParser
 
 from lit_mnist.checkpoints import CONFIG_NAME
 from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
-from lit_mnist.errors import DataError
+from lit_mnist.data import MNISTDataModule
+from lit_mnist.errors import DataError, UsageError
 from lit_mnist.inference import build_datamodule, evaluate, format_evaluation, run_precision
 from lit_mnist.runtime import ACCELERATORS, PRECISIONS, write_atomic
 
@@ -48,19 +49,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "evaluate.py") -> int:
     cfg = parse_or_exit(get_parser(prog), argv, prog)
     if cfg.batch_size is not None and cfg.batch_size < 1:
         usage_exit(prog, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    ckpt, dataset, source = load_or_exit(cfg, prog)
+    ckpt, info, source = load_or_exit(cfg, prog)
+    dataset = info.name
     precision = cfg.precision or run_precision(ckpt.run_config)
-    datamodule = build_datamodule(ckpt, dataset, cfg.data_dir, cfg.batch_size)
     try:
+        datamodule = build_datamodule(ckpt, dataset, cfg.data_dir, cfg.batch_size)
         result = evaluate(ckpt.model, datamodule, cfg.accelerator, precision)
+    except UsageError as err:
+        usage_exit(prog, str(err))
     except DataError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
+    where = datamodule.raw_folder if isinstance(datamodule, MNISTDataModule) else datamodule.source(False)
     print(f"Checkpoint:    {ckpt.path}")
-    print(f"Dataset:       {dataset} ({source}), test set in {datamodule.raw_folder}")
+    print(f"Dataset:       {dataset} ({source}), test set in {where}")
     print(format_evaluation(result))
     if cfg.json:
-        record = {"checkpoint": str(ckpt.path), "dataset": dataset, "data_dir": datamodule.data_dir}
+        record = {
+            "checkpoint": str(ckpt.path),
+            "dataset": dataset,
+            "data_dir": getattr(datamodule, "data_dir", None),
+        }
         write_atomic(Path(cfg.json), json.dumps({**record, **result.to_dict()}, indent=2) + "\n")
         print(f"\nWrote {cfg.json}")
     return 0

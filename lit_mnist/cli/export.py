@@ -17,7 +17,6 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
-from lit_mnist.data import DATAMODULES
 from lit_mnist.export import EXPORT_FORMATS, export_metadata, export_model, run_exported
 from lit_mnist.runtime import write_atomic
 
@@ -41,7 +40,8 @@ def get_parser(prog: str = "export.py") -> ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
     """Entry point of ``scripts/export.py``. Returns the exit status."""
     cfg = parse_or_exit(get_parser(prog), argv, prog)
-    ckpt, dataset, source = load_or_exit(cfg, prog)
+    ckpt, info, source = load_or_exit(cfg, prog)
+    dataset = info.name
     suffix = EXPORT_FORMATS[cfg.format]
     output = Path(cfg.output) if cfg.output else ckpt.path.with_suffix(suffix)
     if output.is_dir():
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
             file=sys.stderr,
         )
         return 1
-    meta = {**export_metadata(model, DATAMODULES[dataset], dataset), "format": cfg.format}
+    meta = {**export_metadata(model, info), "format": cfg.format}
     meta_path = output.with_name(output.name + ".json")
     write_atomic(meta_path, json.dumps({**meta, "checkpoint": str(ckpt.path)}, indent=2) + "\n")
     print(

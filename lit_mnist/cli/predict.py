@@ -14,7 +14,6 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 
 from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
-from lit_mnist.data import DATAMODULES
 from lit_mnist.images import FIT_CHOICES, INVERT_CHOICES
 from lit_mnist.inference import predict_files, write_predictions
 from lit_mnist.runtime import ACCELERATORS
@@ -52,9 +51,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "predict.py") -> int:
         usage_exit(prog, f"--output must end in .csv or .json, got {cfg.output}")
     if cfg.batch_size < 1:
         usage_exit(prog, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    ckpt, dataset, _ = load_or_exit(cfg, prog)
+    ckpt, info, _ = load_or_exit(cfg, prog)
     predictions = predict_files(
-        ckpt.model, cfg.files, DATAMODULES[dataset], cfg.invert, cfg.fit, cfg.accelerator, cfg.batch_size
+        ckpt.model, cfg.files, info, cfg.invert, cfg.fit, cfg.accelerator, cfg.batch_size
     )
     for p in predictions:
         if p.error is not None:

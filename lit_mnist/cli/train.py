@@ -11,6 +11,7 @@ process with exit status 2 and one line that names the flag and what it accepts.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -56,7 +57,8 @@ from lit_mnist.checkpoints import (
     check_resumable,
 )
 from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
-from lit_mnist.data import DATA_DIR_ENV, DATAMODULES, MNISTDataModule, default_data_dir
+from lit_mnist.data import DATA_DIR_ENV, MNISTDataModule, TensorDataModule, default_data_dir
+from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import (
     CheckpointError,
     CheckpointWriteError,
@@ -68,6 +70,7 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
+from lit_mnist.folder import ImageFolderDataModule
 from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar, group_size
 from lit_mnist.loggers import (
     LOGGERS,
@@ -107,6 +110,8 @@ DATA_FLAGS = (
     "data_dir", "batch_size", "num_workers", "val_size", "loader", "steps_per_batch", "download",
     "augment_degrees", "augment_translate", "augment_scale",
 )  # fmt: skip
+#: Flags of ``--dataset folder`` only (ImageFolderDataModule's arguments).
+FOLDER_FLAGS = ("image_size", "color", "test_size", "skip_bad_images")
 MODEL_FLAGS = ("model", "hidden_sizes", "dropout")
 OPTIMIZATION_FLAGS = (
     "optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler", "step_size", "gamma", "label_smoothing",
@@ -134,20 +139,31 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
     )
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--dataset", type=Literal[tuple(DATAMODULES)], default="mnist", help="Dataset.")
+    data.add_argument(
+        "--dataset",
+        type=Literal[tuple(DATASETS)],
+        default="mnist",
+        help="Dataset: the MNIST family, or folder: your own images, one sub-folder per class in --data-dir.",
+    )
     constructor_flags(
         data,
         MNISTDataModule,
         DATA_FLAGS,
-        defaults={"steps_per_batch": STEPS_PER_BATCH},
+        defaults={"steps_per_batch": STEPS_PER_BATCH, "val_size": None},
         helps={
-            "data_dir": f"Folder holding <Dataset>/raw (default: ${DATA_DIR_ENV}, else ./data).",
+            "data_dir": f"Folder holding <Dataset>/raw, or with --dataset folder the image folder "
+            f"(default: ${DATA_DIR_ENV}, else ./data).",
+            "val_size": "Training images held out for validation: a count, or a fraction in (0, 1) "
+            "(default: 5000 for the MNIST family, 0.1 for folder).",
             "steps_per_batch": "Optimizer steps per training batch that Lightning sees (step groups, the "
             "in-memory loader's fast path): the same steps and weights as 1, less overhead. Lowered to "
             "divide the steps per epoch, --log-every-n-steps, --max-steps and --ckpt-every-n-steps; 1 "
             "(plain Lightning) with --loader torchvision, --gradient-clip-val, --accumulate-grad-batches, "
             "--limit-train-batches or --fast-dev-run. The run says at its start which it uses and why.",
         },
+    )
+    constructor_flags(
+        parser.add_argument_group("Image folder (--dataset folder)"), ImageFolderDataModule, FOLDER_FLAGS
     )
     constructor_flags(parser.add_argument_group("Model"), MNISTClassifier, MODEL_FLAGS)
     optim = parser.add_argument_group("Optimization")
@@ -454,13 +470,28 @@ def parse_devices(value: str | int) -> int | str | list[int]:
 
 
 # --------------------------------------------------------------------------- building the run
-def build_datamodule(cfg: Namespace, steps_per_batch: int = 1) -> MNISTDataModule:
-    """The datamodule named by ``--dataset`` with the data flags and the run's group size."""
-    flags = {name: cfg[name] for name in DATA_FLAGS if name != "steps_per_batch"}
-    return DATAMODULES[cfg.dataset](**flags, seed=cfg.seed, steps_per_batch=steps_per_batch)
+def build_datamodule(cfg: Namespace, steps_per_batch: int = 1) -> TensorDataModule:
+    """The datamodule named by ``--dataset`` with the data flags and the run's group size.
+
+    Raises:
+        UsageError: a flag of ``--dataset folder`` given with another dataset.
+    """
+    cls = DATASETS[cfg.dataset]
+    if cls is not ImageFolderDataModule:
+        defaults = inspect.signature(ImageFolderDataModule.__init__).parameters
+        for name in FOLDER_FLAGS:
+            if cfg[name] != defaults[name].default:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(
+                    f"{flag} is a flag of --dataset folder; leave it out with --dataset {cfg.dataset}"
+                )
+    accepted = inspect.signature(cls.__init__).parameters
+    names = [*DATA_FLAGS, *FOLDER_FLAGS]
+    flags = {n: cfg[n] for n in names if n in accepted and n != "steps_per_batch" and cfg[n] is not None}
+    return cls(**flags, seed=cfg.seed, steps_per_batch=steps_per_batch)
 
 
-def build_model(cfg: Namespace, datamodule: MNISTDataModule, steps_per_batch: int = 1) -> MNISTClassifier:
+def build_model(cfg: Namespace, datamodule: TensorDataModule, steps_per_batch: int = 1) -> MNISTClassifier:
     """The LightningModule; number of classes and input shape come from the datamodule."""
     return MNISTClassifier(
         **{name: cfg[name] for name in (*MODEL_FLAGS, *OPTIMIZATION_FLAGS)},
@@ -496,7 +527,7 @@ def groups_ruled_out(cfg: Namespace) -> str:
     return ""
 
 
-def plan_step_groups(cfg: Namespace, datamodule: MNISTDataModule, ruled_out: str) -> StepGroupPlan:
+def plan_step_groups(cfg: Namespace, datamodule: TensorDataModule, ruled_out: str) -> StepGroupPlan:
     """The group size of the run: ``--steps-per-batch``, lowered to divide every step count Lightning checks.
 
     Reads the training split's size (``prepare_data`` and ``setup``, which Lightning's own calls then
@@ -539,7 +570,7 @@ def world_size(cfg: Namespace) -> int | None:
     return count * cfg.num_nodes
 
 
-def build_data_and_model(cfg: Namespace) -> tuple[MNISTDataModule, MNISTClassifier, StepGroupPlan]:
+def build_data_and_model(cfg: Namespace) -> tuple[TensorDataModule, MNISTClassifier, StepGroupPlan]:
     """The datamodule and the module of a run, with the step-group plan they share (see ``build_trainer``)."""
     ruled_out = groups_ruled_out(cfg)
     candidate = 1 if ruled_out else cfg.steps_per_batch
@@ -576,7 +607,7 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
             auto_insert_metric_name=False,
         ),
         LastCheckpoint(checkpoints),
-        DatasetRecord(cfg.dataset, dataset_record(DATAMODULES[cfg.dataset])),
+        DatasetRecord(cfg.dataset),  # the datamodule's dataset_record(): classes, normalisation, shape
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]
@@ -629,18 +660,6 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
         plugins=[AtomicCheckpointIO()],  # every checkpoint written beside its target, synced, renamed
         **limits,
     )
-
-
-def dataset_record(cls: type[MNISTDataModule]) -> dict[str, Any]:
-    """What a checkpoint records of its dataset besides the name: classes, normalisation, shapes."""
-    classes = getattr(cls.dataset_cls, "classes", None)
-    return {
-        "classes": [str(c) for c in classes] if classes else None,
-        "mean": cls.mean,
-        "std": cls.std,
-        "num_classes": cls.num_classes,
-        "image_shape": list(cls.image_shape),
-    }
 
 
 def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
