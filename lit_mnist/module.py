@@ -15,7 +15,7 @@ optimization, so Lightning's per-batch work is paid once per ``K`` steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import lightning as L
@@ -24,7 +24,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import LRSchedulerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_mnist.errors import ConfigError
@@ -54,6 +54,11 @@ class MNISTClassifier(L.LightningModule):
     To change the network, override :meth:`build_network`; to change the optimizer or schedule,
     override :meth:`configure_optimizers`. Number of classes and input shape come from the
     hyperparameters (the command line takes them from the datamodule).
+
+    The task is apart from the loop: :attr:`num_outputs`, :meth:`build_loss`, :meth:`build_metrics`,
+    :meth:`output_activation` (what ``predict_step`` returns) and :meth:`predicted_classes` (what the
+    monitoring callbacks see). Overriding them makes another head (a regression, a multi-label
+    classifier) with the same training, validation, test and predict steps, step groups included.
 
     Args:
         model: ``"mlp"`` (the classic 784-128-64-10 network) or ``"cnn"``.
@@ -138,30 +143,75 @@ class MNISTClassifier(L.LightningModule):
         self.automatic_optimization = steps_per_batch == 1
 
         self.net = self.build_network()
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.criterion = self.build_loss()
         self.example_input_array = torch.zeros(1, *input_shape)
 
-        # validate_args=False on the hot path: the checks read the labels on the host every step (a
-        # device sync on a GPU); the loss already refuses labels outside [0, num_classes).
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Each stage's metrics, logged as "<stage>/<name>" (train/acc, val/acc, test/acc).
+        self.train_metrics = self._metric_collection("train")
+        self.val_metrics = self._metric_collection("val")
+        self.test_metrics = self._metric_collection("test")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
-        self.val_acc_best = MaxMetric()
+        self.val_acc_best = MaxMetric()  # logged as val/acc_best when the metrics hold an "acc"
+
+    def _metric_collection(self, stage: str) -> MetricCollection:
+        return MetricCollection(dict(self.build_metrics(stage)), prefix=f"{stage}/", compute_groups=False)
+
+    # ------------------------------------------------------------------ the task
+    #: Width of the network's output; ``None``: ``num_classes``. A regression sets 1.
+    num_outputs: int | None = None
+
+    def build_loss(self) -> nn.Module:
+        """The loss between the network's outputs and a batch's targets: cross-entropy (``label_smoothing``).
+
+        Override it for another task, e.g. ``nn.MSELoss()`` (a regression) or ``nn.BCEWithLogitsLoss()``
+        (multi-label). It is ``self.criterion``, used by every step.
+        """
+        return nn.CrossEntropyLoss(label_smoothing=self.hparams["label_smoothing"])
+
+    def build_metrics(self, stage: str) -> Mapping[str, Metric]:
+        """The metrics of ``stage`` (``"train"``, ``"val"``, ``"test"``), by name: logged as ``<stage>/<name>``.
+
+        Each is updated with ``(outputs, targets)`` and computed once per epoch. The default is the
+        micro-averaged accuracy, ``acc``; a metric named ``acc`` also gives ``val/acc_best``.
+        """
+        # validate_args=False on the hot path: the checks read the labels on the host every step (a
+        # device sync on a GPU); the loss already refuses labels outside [0, num_classes).
+        num_classes = self.hparams["num_classes"]
+        if num_classes < 2:
+            raise ConfigError(
+                "num_classes",
+                f"must be >= 2 for a classifier (cross-entropy and accuracy); got {num_classes}. "
+                "For one output (a regression), override num_outputs, build_loss and build_metrics",
+            )
+        return {
+            "acc": MulticlassAccuracy(
+                num_classes=num_classes, average="micro", validate_args=stage != "train"
+            )
+        }
+
+    def output_activation(self, outputs: Tensor) -> Tensor:
+        """What ``predict_step`` returns for the network's outputs: class probabilities (softmax)."""
+        return outputs.softmax(dim=-1)
+
+    def predicted_classes(self, outputs: Tensor) -> Tensor | None:
+        """The predicted class indices that validation and test steps return as ``{"preds": ...}`` for the
+        monitoring callbacks (images, confusion matrices); ``None`` where outputs are not class scores."""
+        return outputs.argmax(dim=-1)
 
     def build_network(self) -> nn.Module:
-        """Return the network that maps images ``(N, C, H, W)`` to logits ``(N, num_classes)``.
+        """Return the network that maps images ``(N, C, H, W)`` to outputs ``(N, num_outputs)`` (logits).
 
         Override this in a subclass to train another architecture with the same loop.
         """
         hp: Any = self.hparams
+        outputs = self.num_outputs or hp.num_classes
         if hp.model == "cnn":
-            return CNN(input_shape=hp.input_shape, num_classes=hp.num_classes, dropout=hp.dropout)
+            return CNN(input_shape=hp.input_shape, num_classes=outputs, dropout=hp.dropout)
         return MLP(
             input_shape=hp.input_shape,
             hidden_sizes=hp.hidden_sizes,
-            num_classes=hp.num_classes,
+            num_classes=outputs,
             dropout=hp.dropout,
         )
 
@@ -180,7 +230,7 @@ class MNISTClassifier(L.LightningModule):
         x, y = _plain_batch(batch, self.steps_per_batch)
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.train_acc.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), y)
         if self._written(self.trainer.global_step + 1):  # this step's batch, counted from 1
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -232,7 +282,7 @@ class MNISTClassifier(L.LightningModule):
             logits.append(closure.logits)
             sizes.append(len(y))
             self._step_schedulers(configs, "step", step + 1)
-        self.train_acc.update(torch.cat(logits).argmax(dim=-1), torch.cat([y for _, y in group]))
+        self.train_metrics.update(torch.cat(logits), torch.cat([y for _, y in group]))
         if self._written(trainer.global_step // self.steps_per_batch):  # groups done, this one included
             self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
         if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last group
@@ -284,9 +334,10 @@ class MNISTClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # compute() reduces across DDP ranks; reset for the next epoch. An epoch may have no step in
         # this process: a run resumed from a checkpoint saved after the epoch's last batch.
-        if self.train_acc.update_count > 0:
-            self.log("train/acc", self.train_acc.compute())
-        self.train_acc.reset()
+        for name, metric in self.train_metrics.items():
+            if metric.update_count > 0:
+                self.log(name, metric.compute())
+        self.train_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"steps_per_batch": self.steps_per_batch}
@@ -328,15 +379,19 @@ class MNISTClassifier(L.LightningModule):
         # Fresh metric states in this stage's grad mode: after a trainer.validate() (inference mode),
         # states left from it could not be updated in place during fit.
         self.val_loss.reset()
-        self.val_acc.reset()
+        self.val_metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the validation metrics; return ``{"preds": class indices}`` for callbacks (images, confusion)."""
+        return self._evaluate(batch, self.val_loss, self.val_metrics)
+
+    def _evaluate(self, batch: Batch, loss: MeanMetric, metrics: MetricCollection) -> dict[str, Tensor]:
         x, y = batch
-        logits = self(x)
-        self.val_loss.update(self.criterion(logits, y), weight=y.numel())
-        self.val_acc.update(logits, y)
-        return {"preds": logits.detach().argmax(dim=-1)}
+        outputs = self(x)
+        loss.update(self.criterion(outputs, y), weight=len(y))
+        metrics.update(outputs, y)
+        preds = self.predicted_classes(outputs.detach())
+        return {} if preds is None else {"preds": preds}
 
     def on_validation_epoch_end(self) -> None:
         # The metric objects are logged once per epoch, here, not in every validation_step: Lightning
@@ -344,30 +399,27 @@ class MNISTClassifier(L.LightningModule):
         # when they are logged per step with on_epoch=True, and without a move of the metric to the
         # device at every self.log call.
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        if "val/acc" in self.val_metrics.keys():  # noqa: SIM118  (keys() holds the prefixed names)
+            self.val_acc_best(self.val_metrics["val/acc"].compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self.test_loss.reset()
-        self.test_acc.reset()
+        self.test_metrics.reset()
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Update the test metrics; return ``{"preds": class indices}`` for callbacks."""
-        x, y = batch
-        logits = self(x)
-        self.test_loss.update(self.criterion(logits, y), weight=y.numel())
-        self.test_acc.update(logits, y)
-        return {"preds": logits.detach().argmax(dim=-1)}
+        return self._evaluate(batch, self.test_loss, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)  # once, as in validation
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
     def predict_step(self, batch: Tensor | Batch, batch_idx: int) -> Tensor:
-        """Return class probabilities ``(N, num_classes)`` for a batch of images (labels ignored)."""
+        """Return :meth:`output_activation` of a batch of images (labels ignored): class probabilities ``(N, num_classes)``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=-1)
+        return self.output_activation(self(x))
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:

@@ -19,7 +19,7 @@ class MLP(nn.Module):
     Args:
         input_shape: Shape of one input image, ``(channels, height, width)``.
         hidden_sizes: Width of each hidden layer, in order.
-        num_classes: Number of output logits.
+        num_classes: Number of outputs (logits; 1 for a regression).
         dropout: Dropout probability after each hidden ReLU (0 disables it and adds no layer).
     """
 
@@ -38,8 +38,8 @@ class MLP(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {dropout}")
-        if num_classes < 2:
-            raise ConfigError("num_classes", f"must be >= 2, got {num_classes}")
+        if num_classes < 1:  # 1: a regression head
+            raise ConfigError("num_classes", f"must be >= 1, got {num_classes}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = prod(input_shape)
         for hidden in hidden_sizes:
@@ -62,7 +62,7 @@ class CNN(nn.Module):
 
     Args:
         input_shape: Shape of one input image, ``(channels, height, width)``.
-        num_classes: Number of output logits.
+        num_classes: Number of outputs (logits; 1 for a regression).
         dropout: Dropout probability before the last layer.
         channels: Output channels of the two convolutions.
         hidden_size: Width of the hidden fully connected layer.

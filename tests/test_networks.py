@@ -40,7 +40,7 @@ def test_mlp_hidden_sizes_and_dropout_are_configurable() -> None:
         ({"hidden_sizes": []}, "hidden_sizes must be one or more positive integers"),
         ({"hidden_sizes": [128, 0]}, "hidden_sizes must be one or more positive integers"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
-        ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
+        ({"num_classes": 0}, "num_classes must be >= 1, got 0"),
     ],
 )
 def test_mlp_rejects_bad_arguments(kwargs: dict, message: str) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lit_mnist.data import DATA_DIR_ENV
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -26,11 +28,12 @@ def _python_block(after: str) -> str:
     "heading", ["## Using it from Python", "From Python, the fast path is the same few pieces"]
 )
 def test_readme_python_block_runs(heading: str, real_data_dir: Path, tmp_path: Path) -> None:
+    # a block names the README's data folder, or reads $LIT_MNIST_DATA_DIR (MNISTDataModule() with no folder)
     code = _python_block(heading).replace('"../shared/data"', repr(str(real_data_dir)))
-    assert str(real_data_dir) in code  # the block reads the data folder the README names
+    assert str(real_data_dir) in code or "LIT_MNIST_DATA_DIR" in code
     script = tmp_path / "snippet.py"
     script.write_text(code.replace("max_epochs=3", "max_epochs=1"))  # one epoch is enough to run it
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", DATA_DIR_ENV: str(real_data_dir)}
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
     )
