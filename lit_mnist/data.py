@@ -77,10 +77,11 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
         array = self.images[index].permute(1, 2, 0).numpy()
         image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-        return self.transform(image), int(self.labels[index])
+        label = self.labels[index]  # a class index, or a target vector (another head)
+        return self.transform(image), int(label) if label.dim() == 0 else label
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -268,6 +269,19 @@ class TensorDataModule(L.LightningDataModule):
                 f"{where} gave images of shape {tuple(images.shape[1:])} (C, H, W) and {type(self).__name__}"
                 f".image_shape is {tuple(self.image_shape)}; set image_shape to the images' shape, or resize them"
             )
+        if labels.dim() >= 2 and not labels.is_complex():
+            # a target vector per image (a regression value (N, 1), multi-label 0/1s (N, K)): the head's
+            # loss reads them; only that there is one per image, and finite, is checked here
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{where} holds {len(images)} images and {labels_where} {len(labels)} targets; every image "
+                    "needs exactly one"
+                )
+            if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+                raise DataError(f"{labels_where} holds NaN or infinite targets; give finite values")
+            if len(labels) == 0:
+                raise DataError(f"the {split} set is empty: {where} holds no images; give it at least one")
+            return images.contiguous(), labels
         if (
             labels.dim() != 1
             or labels.is_floating_point()
@@ -276,7 +290,7 @@ class TensorDataModule(L.LightningDataModule):
         ):
             raise DataError(
                 f"{labels_where} gave {labels.dtype} labels of shape {tuple(labels.shape)}; give integer "
-                "class indices, one per image (N,)"
+                "class indices, one per image (N,), or a target vector per image (N, K) for another head"
             )
         if len(images) != len(labels):
             raise DataError(

@@ -79,8 +79,12 @@ def build_loggers(
     version: int | None,
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = MLFLOW_EXPERIMENT,
+    log_graph: bool = True,
 ) -> list[Logger]:
     """The loggers ``names`` for the run ``LOG_DIR/version_N``, in the order given.
+
+    ``log_graph``: TensorBoard's model graph (traced with ``torch.jit.trace``, which a compiled network
+    does not support: ``--compile`` turns it off).
 
     Raises:
         UsageError: a logger's package is not installed.
@@ -92,7 +96,11 @@ def build_loggers(
         if name == "tensorboard":  # the model graph, once and quietly; no hp_metric placeholder
             loggers.append(
                 MonitoringTensorBoardLogger(
-                    save_dir=str(log_dir), name="", version=version, default_hp_metric=False, log_graph=True
+                    save_dir=str(log_dir),
+                    name="",
+                    version=version,
+                    default_hp_metric=False,
+                    log_graph=log_graph,
                 )
             )
         elif name == "csv":

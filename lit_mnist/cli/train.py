@@ -42,6 +42,7 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lit_mnist.augment import RandomAffine
 from lit_mnist.callbacks import (
     EpochSpeed,
     ParameterHistograms,
@@ -415,6 +416,7 @@ def check_config(cfg: Namespace) -> None:
             f"--strategy {cfg.strategy!r} is not known; use auto, ddp, ddp_spawn, fsdp, deepspeed "
             "or another name in Lightning's StrategyRegistry"
         )
+    RandomAffine(cfg.augment_degrees, cfg.augment_translate, cfg.augment_scale)  # ConfigError naming the flag
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
     if cfg.swa_lr is not None and not (math.isfinite(cfg.swa_lr) and cfg.swa_lr > 0):
@@ -595,7 +597,14 @@ def build_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L
     loggers = (
         []
         if cfg.fast_dev_run
-        else build_loggers(cfg.logger, cfg.log_dir, version, cfg.mlflow_tracking_uri, cfg.mlflow_experiment)
+        else build_loggers(
+            cfg.logger,
+            cfg.log_dir,
+            version,
+            cfg.mlflow_tracking_uri,
+            cfg.mlflow_experiment,
+            log_graph=not cfg.compile,
+        )
     )
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
@@ -704,6 +713,7 @@ def find_lr(cfg: Namespace) -> tuple[float, Any]:
             enable_progress_bar=False,
             enable_model_summary=False,
             default_root_dir=tmp,
+            max_epochs=cfg.max_epochs,  # the finder takes its own number of steps; this only quiets a warning
         )
         with warnings.catch_warnings():  # the finder's own notes on its short runs
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -882,6 +892,10 @@ def train(
         try:
             with warnings.catch_warnings():  # a best checkpoint of a moved run folder names the old one
                 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+                # the averaging callbacks were taken out on purpose (above): their state is not wanted
+                warnings.filterwarnings(
+                    "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used"
+                )
                 tested = trainer.test(
                     model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
                 )

@@ -1,0 +1,293 @@
+"""Issue 16: named recipes, augmentation on the device, EMA and SWA, --compile, the learning-rate finder.
+
+The fast tests run on the tiny IDX dataset; the recipes' accuracies are asserted on the real MNIST
+(``slow``). Times are measured by ``scripts/benchmark.py --time-to-accuracy``, never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mnist import MNISTClassifier, MNISTDataModule
+from lit_mnist.augment import RandomAffine
+from lit_mnist.cli.train import parse_args, train_main
+from lit_mnist.loader import InMemoryBatchLoader
+from lit_mnist.recipes import RECIPES, recipe_path
+from lit_mnist.stopping import GracefulInterrupt
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "scripts" / "train.py")
+
+
+def _train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+    return subprocess.run(
+        [sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+
+
+# --------------------------------------------------------------------------- recipes
+def test_recipe_list_prints_the_four_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--recipe", "list"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("classic", "mlp-best", "cnn-fast", "cnn-best"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert ">= 99.0%" in out and ">= 99.6%" in out and ">= 98.5%" in out
+
+
+def test_an_unknown_recipe_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--recipe", "fastest"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--recipe 'fastest' is not a recipe; choose one of classic, mlp-best, cnn-fast, cnn-best" in err
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_is_a_valid_config_and_records_its_name(name: str) -> None:
+    cfg = parse_args(["--recipe", name])
+    assert cfg.recipe == name
+    # the same values as --config on the packaged file
+    plain = parse_args(["--config", str(recipe_path(name))])
+    assert {k: v for k, v in cfg.items() if k not in ("recipe", "config")} == {
+        k: v for k, v in plain.items() if k not in ("recipe", "config")
+    }
+
+
+def test_flags_after_a_recipe_override_it_and_flags_before_do_not() -> None:
+    assert parse_args(["--recipe", "cnn-fast"]).max_epochs == 2
+    assert parse_args(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
+    assert parse_args(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 2
+    mlp = parse_args(["--recipe", "mlp-best"])
+    assert mlp.model == "mlp" and mlp.augment_degrees > 0 and mlp.max_epochs <= 20
+
+
+def test_a_recipe_trains_and_its_name_is_in_config_yaml(run_args: list[str], tmp_path: Path) -> None:
+    assert train_main(["--recipe", "cnn-fast", *run_args, "--max-epochs", "1", "--batch-size", "16"]) == 0
+    saved = (tmp_path / "logs" / "version_0" / "config.yaml").read_text()
+    assert "recipe: cnn-fast" in saved and "model: cnn" in saved and "max_epochs: 1" in saved
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_random_affine_identity_and_fill() -> None:
+    images = torch.randn(4, 1, 28, 28)
+    same = RandomAffine()(images, torch.full((4, 4), 0.5))  # all amounts 0
+    assert torch.allclose(same, images, atol=1e-5)
+    fill = -0.1307 / 0.3081
+    background = torch.full((2, 1, 28, 28), fill)
+    # a shifted and rotated black image stays black: the pixels from outside take `fill`, not 0
+    moved = RandomAffine(degrees=30, translate=0.3, scale=0.2, fill=fill)(background, torch.rand(2, 4))
+    assert torch.allclose(moved, background, atol=1e-5)
+
+
+def test_random_affine_shifts_by_whole_pixels_as_asked() -> None:
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 3, 3] = 1.0
+    # translate 0.25 of 8 pixels with uniform 1.0 -> +2 px in x (u*2-1 = 1); y stays (u = 0.5)
+    shifted = RandomAffine(translate=0.25)(image, torch.tensor([[0.5, 0.5, 1.0, 0.5]]))
+    assert shifted[0, 0].argmax().item() == 3 * 8 + 5
+
+
+@pytest.mark.parametrize("range_", [{"degrees": -1.0}, {"translate": 1.0}, {"scale": 1.5}])
+def test_random_affine_refuses_bad_ranges(range_: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be in"):
+        RandomAffine(**range_)
+
+
+def test_loader_augmentation_is_a_function_of_seed_and_epoch_and_not_of_the_group_size() -> None:
+    images, targets = torch.randn(40, 1, 8, 8), torch.arange(40)
+    augment = RandomAffine(degrees=20, translate=0.2)
+
+    def epoch(group: int, seed: int = 1, number: int = 0) -> torch.Tensor:
+        loader = InMemoryBatchLoader(
+            images, targets, 4, shuffle=True, seed=seed, steps_per_batch=group, augment=augment
+        )
+        loader.set_epoch(number)
+        items = list(loader)
+        batches = [b for item in items for b in (item if group > 1 else [item])]
+        return torch.cat([x for x, _ in batches])
+
+    first = epoch(1)
+    assert torch.equal(first, epoch(1))  # the same run, the same images
+    assert torch.equal(first, epoch(5))  # step groups of 5: the same images
+    assert not torch.equal(first, epoch(1, number=1))  # another epoch: other warps
+    assert not torch.equal(first, epoch(1, seed=2))
+    plain = InMemoryBatchLoader(images, targets, 4, shuffle=True, seed=1)
+    assert not torch.allclose(first, torch.cat([x for x, _ in plain]))  # it does augment
+
+
+def test_only_training_batches_are_augmented(tiny_data: Path) -> None:
+    dm = MNISTDataModule(
+        str(tiny_data), val_size=100, batch_size=50, augment_degrees=15, augment_translate=0.1
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_dataloader().augment is not None
+    assert dm.val_dataloader().augment is None and dm.test_dataloader().augment is None
+    val_images, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(val_images, dm.split("val")[0][:50])
+
+
+def test_augmentation_with_the_torchvision_loader_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be memory for augmentation"):
+        MNISTDataModule(loader="torchvision", augment_degrees=10)
+
+
+def test_augmented_run_resumes_bit_exact_after_a_signal(
+    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    augment = [
+        "--augment-degrees",
+        "10",
+        "--augment-translate",
+        "0.1",
+        "--augment-scale",
+        "0.1",
+        "--max-epochs",
+        "2",
+    ]
+    assert train_main([*run_args, *augment, "--log-dir", str(tmp_path / "straight")]) == 0
+
+    def terminate_at_step_21(self: GracefulInterrupt, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == 21:
+            os.kill(os.getpid(), 15)
+
+    split = [*run_args, *augment, "--log-dir", str(tmp_path / "split")]
+    with monkeypatch.context() as patch:
+        patch.setattr(GracefulInterrupt, "on_train_batch_end", terminate_at_step_21, raising=False)
+        assert train_main(split) == 143
+    assert train_main([*split, "--ckpt-path", "last"]) == 0
+    straight = torch.load(tmp_path / "straight/version_0/checkpoints/last.ckpt", weights_only=True)[
+        "state_dict"
+    ]
+    resumed = torch.load(tmp_path / "split/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    plain = tmp_path / "plain"
+    assert train_main([*run_args, "--max-epochs", "2", "--log-dir", str(plain)]) == 0
+    unaugmented = torch.load(plain / "version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert not all(
+        torch.equal(v, unaugmented[k]) for k, v in straight.items()
+    )  # augmentation changed the run
+
+
+# --------------------------------------------------------------------------- EMA, SWA, compile, lr finder
+def test_ema_weights_are_validated_checkpointed_and_tested(run_args: list[str], tmp_path: Path) -> None:
+    assert train_main([*run_args, "--ema", "0.9", "--max-epochs", "2"]) == 0
+    run = tmp_path / "logs" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    best = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
+    # Lightning's EMAWeightAveraging: state_dict holds the average, current_model_state the raw weights
+    assert "current_model_state" in best
+    assert any(not torch.equal(v, best["current_model_state"][k]) for k, v in best["state_dict"].items())
+    # the reported test accuracy is that of the averaged weights (what load_from_checkpoint gives)
+    model = MNISTClassifier.load_from_checkpoint(
+        results["best_checkpoint"], map_location="cpu", weights_only=True
+    )
+    dm = MNISTDataModule(str(Path(run_args[run_args.index("--data-dir") + 1])), val_size=100)
+    dm.setup("test")
+    images, labels = dm.split("test")
+    with torch.no_grad():
+        accuracy = (model.eval()(images).argmax(-1) == labels).float().mean().item()
+    assert results["test_acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_swa_saves_and_tests_the_averaged_weights(run_args: list[str], tmp_path: Path) -> None:
+    assert train_main([*run_args, "--swa-lr", "0.01", "--swa-epoch-start", "1", "--max-epochs", "3"]) == 0
+    run = tmp_path / "logs" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    assert results["best_checkpoint"] == str(run / "checkpoints" / "swa.ckpt")
+    swa = torch.load(run / "checkpoints" / "swa.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(not torch.equal(v, last[k]) for k, v in swa.items())  # the average, not the last epoch's
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ema", "1.5"], "--ema must be a decay in (0, 1)"),
+        (["--swa-lr", "0"], "--swa-lr must be a learning rate > 0"),
+        (["--ema", "0.9", "--swa-lr", "0.1"], "--ema and --swa-lr both average the weights"),
+        (["--swa-lr", "0.1", "--swa-epoch-start", "1.5"], "--swa-epoch-start must be an epoch index"),
+        (["--lr", "auto", "--ckpt-path", "last"], "--lr auto searches a learning rate before training"),
+        (
+            ["--lr-find", "--devices", "2", "--accelerator", "cpu"],
+            "--lr-find runs Lightning's learning-rate finder in one",
+        ),
+        (["--lr", "fast"], "--lr expects a float or auto, got 'fast'"),
+        (["--augment-degrees", "200"], "--augment-degrees must be in [0, 180]"),
+    ],
+)
+def test_bad_averaging_and_finder_flags_are_one_line(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(flags)  # the datamodule's constructor checks --augment-*, when parse_args builds it
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_lr_auto_trains_with_the_finders_rate_and_saves_its_plot(run_args: list[str], tmp_path: Path) -> None:
+    assert train_main([*run_args, "--lr", "auto", "--max-epochs", "1"]) == 0
+    run = tmp_path / "logs" / "version_0"
+    assert (run / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = (run / "config.yaml").read_text()
+    lr = float(next(line.split(":")[1] for line in saved.splitlines() if line.startswith("lr:")))
+    assert lr > 0 and lr != 0.01  # the finder's rate, recorded for a repeat with --config
+    hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["lr"] == lr
+
+
+def test_compile_trains_the_same_network(run_args: list[str], tmp_path: Path) -> None:
+    if not torch.cuda.is_available() and not _has_compiler():
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    result = _train([*run_args, "--compile", "--max-epochs", "1", "--model", "mlp"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "logs" / "version_0"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(not k.startswith("net._orig_mod") for k in state)  # the keys of the plain network
+    model = MNISTClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert json.loads((run / "results.json").read_text())["test_acc"] > 0.5
+    assert isinstance(model.net, torch.nn.Module)
+
+
+def _has_compiler() -> bool:
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+# --------------------------------------------------------------------------- real MNIST
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "floor"), [("mlp-best", 0.985), ("cnn-fast", 0.990)])
+def test_recipe_reaches_its_accuracy_on_real_mnist(
+    recipe: str, floor: float, real_data_dir: Path, tmp_path: Path
+) -> None:
+    result = _train(
+        [
+            "--recipe",
+            recipe,
+            "--data-dir",
+            str(real_data_dir),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--no-progress-bar",
+        ],
+        tmp_path,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "logs" / "version_0" / "results.json").read_text())
+    assert results["test_acc"] >= floor, results
