@@ -1,24 +1,60 @@
-"""lit_mnist: train MNIST-family classifiers with PyTorch Lightning."""
+"""lit_mnist: train MNIST-family classifiers with PyTorch Lightning.
 
-from lit_mnist.callbacks import (
-    EpochSpeed,
-    MonitoringTensorBoardLogger,
-    ParameterHistograms,
-    PredictionImages,
-    TrainingCurves,
-)
-from lit_mnist.data import (
-    FashionMNISTDataModule,
-    KMNISTDataModule,
-    MNISTDataModule,
-    TensorDataModule,
-    TensorImageDataset,
-)
-from lit_mnist.folder import ImageFolderDataModule
-from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
-from lit_mnist.module import MNISTClassifier
-from lit_mnist.networks import CNN, MLP
-from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
+The names below are imported when first used (PEP 562), so that ``import lit_mnist.networks`` or
+``lit_mnist.augment`` -- plain PyTorch -- does not import Lightning (the benchmark's plain loops use them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lit_mnist.augment import RandomAffine
+    from lit_mnist.callbacks import (
+        EpochSpeed,
+        MonitoringTensorBoardLogger,
+        ParameterHistograms,
+        PredictionImages,
+        TrainingCurves,
+    )
+    from lit_mnist.data import (
+        FashionMNISTDataModule,
+        KMNISTDataModule,
+        MNISTDataModule,
+        TensorDataModule,
+        TensorImageDataset,
+    )
+    from lit_mnist.folder import ImageFolderDataModule
+    from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
+    from lit_mnist.module import MNISTClassifier
+    from lit_mnist.networks import CNN, MLP
+    from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
+
+#: Where each public name lives.
+EXPORTS: dict[str, str] = {
+    "RandomAffine": "lit_mnist.augment",
+    "EpochSpeed": "lit_mnist.callbacks",
+    "MonitoringTensorBoardLogger": "lit_mnist.callbacks",
+    "ParameterHistograms": "lit_mnist.callbacks",
+    "PredictionImages": "lit_mnist.callbacks",
+    "TrainingCurves": "lit_mnist.callbacks",
+    "FashionMNISTDataModule": "lit_mnist.data",
+    "KMNISTDataModule": "lit_mnist.data",
+    "MNISTDataModule": "lit_mnist.data",
+    "TensorDataModule": "lit_mnist.data",
+    "TensorImageDataset": "lit_mnist.data",
+    "ImageFolderDataModule": "lit_mnist.folder",
+    "OptimizerStepAxis": "lit_mnist.groups",
+    "StepGroups": "lit_mnist.groups",
+    "StepProgressBar": "lit_mnist.groups",
+    "MNISTClassifier": "lit_mnist.module",
+    "CNN": "lit_mnist.networks",
+    "MLP": "lit_mnist.networks",
+    "GracefulInterrupt": "lit_mnist.stopping",
+    "LastCheckpoint": "lit_mnist.stopping",
+    "NonFiniteLossGuard": "lit_mnist.stopping",
+}
 
 __all__ = [
     "CNN",
@@ -36,6 +72,7 @@ __all__ = [
     "OptimizerStepAxis",
     "ParameterHistograms",
     "PredictionImages",
+    "RandomAffine",
     "StepGroups",
     "StepProgressBar",
     "TensorDataModule",
@@ -43,3 +80,15 @@ __all__ = [
     "TrainingCurves",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in EXPORTS:
+        value = getattr(importlib.import_module(EXPORTS[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *EXPORTS])

@@ -173,6 +173,18 @@ def get_parser() -> argparse.ArgumentParser:
         "--val-size", type=int, default=5_000, help="Training images held out (the train split is the rest)."
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write all numbers as JSON.")
+    parser.add_argument(
+        "--time-to-accuracy",
+        action="store_true",
+        help="Instead of epochs: time each recipe of --recipes as a whole scripts/train.py process and as a plain "
+        "PyTorch loop, beside the seed's classic loop (10 epochs), with their test accuracies "
+        "(scripts/time_to_accuracy.py). --repeats runs each process that many times (medians).",
+    )
+    parser.add_argument(
+        "--recipes",
+        default="classic,mlp-best,cnn-fast,cnn-best",
+        help="Comma-separated recipes for --time-to-accuracy (python scripts/train.py --recipe list).",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -185,6 +197,24 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    if args.time_to_accuracy:
+        from lit_mnist.recipes import RECIPES
+
+        recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+        if not recipes or any(r not in RECIPES for r in recipes):
+            print(
+                f"{prog}: error: --recipes must be a comma-separated subset of {','.join(RECIPES)}; got {args.recipes!r}",
+                file=sys.stderr,
+            )
+            return 2
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import time_to_accuracy
+
+        try:
+            return time_to_accuracy.run(recipes, args.data_dir, args.repeats, args.json)
+        except RuntimeError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
     opts = {
         "data_dir": args.data_dir,
         "device": args.device,

@@ -1,0 +1,260 @@
+"""Time to accuracy: each recipe as a whole process, beside the seed's classic loop and a plain PyTorch loop.
+
+Run through ``python scripts/benchmark.py --time-to-accuracy`` (see its ``--help``). For each recipe of
+``--recipes`` it runs, one after the other, each in a fresh process timed from start to exit:
+
+* **lit_mnist**: ``python scripts/train.py --recipe NAME --data-dir D --log-dir TMP --no-progress-bar``
+  (Python start-up, imports, data, training, validation every epoch, checkpoints, the TensorBoard and
+  CSV logs, the final test of the best checkpoint); the accuracy is ``results.json``'s ``test_acc``;
+* **plain**: the same recipe as a plain PyTorch loop over in-memory tensors (this file, ``--plain``):
+  the same seeded 55,000/5,000 split, normalisation, network (``lit_mnist.networks``), optimizer,
+  schedule, label smoothing and augmentation (``lit_mnist.augment``, a seeded table of draws per epoch) -- no
+  Lightning, no validation, no checkpoint, no logs; the test set is scored once at the end.
+
+and once, for reference, **the seed's classic loop**: torchvision ``MNIST`` + ``ToTensor``/``Normalize``
++ ``DataLoader(batch_size=64, shuffle=True)``, the MLP 784-128-64-10, SGD 0.01 momentum 0.9, 10 epochs
+(this file, ``--classic``). ``--repeats N`` runs every process N times, in turn, and reports medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+# --------------------------------------------------------------------------- the children
+def _idx(path: Path) -> Any:
+    import torch
+
+    data = path.read_bytes()
+    dims = data[3]
+    shape = struct.unpack(">" + "I" * dims, data[4 : 4 + 4 * dims])
+    return torch.frombuffer(bytearray(data[4 + 4 * dims :]), dtype=torch.uint8).reshape(shape)
+
+
+def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    """The recipe ``cfg`` (train.py's resolved flags) as a plain PyTorch loop; returns test accuracy and times."""
+    import torch
+    from torch import nn
+
+    from lit_mnist.augment import RandomAffine  # plain PyTorch: `import lit_mnist` pulls in no Lightning
+    from lit_mnist.networks import CNN, MLP
+
+    start = time.perf_counter()
+    raw = Path(data_dir) / "MNIST" / "raw"
+    train_x, train_y = _idx(raw / RAW[0]), _idx(raw / RAW[1]).long()
+    test_x, test_y = _idx(raw / RAW[2]), _idx(raw / RAW[3]).long()
+    mean, std = 0.1307, 0.3081
+    perm = torch.randperm(
+        len(train_y), generator=torch.Generator().manual_seed(42)
+    )  # MNISTDataModule's split
+    keep = perm[cfg["val_size"] :]
+    x = train_x[keep].unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+    y = train_y[keep]
+    tx = test_x.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+    torch.manual_seed(cfg["seed"])
+    if cfg["model"] == "cnn":
+        net: nn.Module = CNN(num_classes=10, dropout=cfg["dropout"])
+    else:
+        net = MLP(hidden_sizes=cfg["hidden_sizes"], num_classes=10, dropout=cfg["dropout"])
+    params, lr, wd = net.parameters(), cfg["lr"], cfg["weight_decay"]
+    optimizer: torch.optim.Optimizer
+    if cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd
+        )
+    elif cfg["optimizer"] == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    elif cfg["optimizer"] == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    else:
+        optimizer = torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+    bs, epochs, n = cfg["batch_size"], cfg["max_epochs"], len(y)
+    steps = (n + bs - 1) // bs
+    scheduler: Any = None
+    if cfg["scheduler"] == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps * epochs)
+    elif cfg["scheduler"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * epochs)
+    elif cfg["scheduler"] == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    augment = RandomAffine(
+        cfg["augment_degrees"], cfg["augment_translate"], cfg["augment_scale"], fill=-mean / std
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    ready = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch))
+        uniforms = torch.rand(n, augment.draws, generator=torch.Generator().manual_seed(epoch + 7))
+        for lo in range(0, n, bs):
+            idx = order[lo : lo + bs]
+            batch = x.index_select(0, idx)
+            if augment.active:
+                batch = augment(batch, uniforms[lo : lo + bs])
+            loss = criterion(net(batch), y.index_select(0, idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None and cfg["scheduler"] != "step":
+                scheduler.step()
+        if scheduler is not None and cfg["scheduler"] == "step":
+            scheduler.step()
+    trained = time.perf_counter()
+    net.eval()
+    with torch.no_grad():
+        correct = sum(
+            int((net(tx[i : i + 2000]).argmax(1) == test_y[i : i + 2000]).sum())
+            for i in range(0, len(test_y), 2000)
+        )
+    return {
+        "test_acc": correct / len(test_y),
+        "setup_s": ready - start,
+        "train_s": trained - ready,
+        "test_s": time.perf_counter() - trained,
+    }
+
+
+def classic_main(data_dir: str, epochs: int = 10) -> dict[str, Any]:
+    """The seed's classic loop: torchvision MNIST, ToTensor + Normalize, DataLoader(64, shuffle), the MLP, SGD."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    start = time.perf_counter()
+    torch.manual_seed(42)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train = datasets.MNIST(data_dir, train=True, download=False, transform=transform)
+    test = datasets.MNIST(data_dir, train=False, download=False, transform=transform)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    loader = DataLoader(train, batch_size=64, shuffle=True)
+    ready = time.perf_counter()
+    for _ in range(epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            criterion(net(images), labels).backward()
+            optimizer.step()
+    trained = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in DataLoader(test, batch_size=1000):
+            correct += int((net(images).argmax(1) == labels).sum())
+    return {"test_acc": correct / len(test), "setup_s": ready - start, "train_s": trained - ready}
+
+
+# --------------------------------------------------------------------------- the parent
+def _timed(cmd: list[str], cwd: str, timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+    return time.perf_counter() - start, result
+
+
+def _child(cmd: list[str], cwd: str, timeout: float) -> tuple[float, dict[str, Any]]:
+    wall, result = _timed(cmd, cwd, timeout)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])}... exited {result.returncode}: {result.stderr.strip()[-500:]}"
+        )
+    return wall, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(recipes: list[str], data_dir: str, repeats: int, json_path: str | None, timeout: float = 3600) -> int:
+    """Run the table's processes ``repeats`` times in turn; print the table; write the JSON. Returns 0."""
+    from lit_mnist.cli.train import parse_args  # the parent only: the children are timed
+
+    here = str(Path(__file__).resolve())
+    rows: dict[str, dict[str, list[Any]]] = {}
+
+    def add(key: str, wall: float, payload: dict[str, Any]) -> None:
+        row = rows.setdefault(key, {"wall_s": [], "test_acc": [], "train_s": []})
+        row["wall_s"].append(wall)
+        row["test_acc"].append(payload["test_acc"])
+        row["train_s"].append(payload.get("train_s"))
+
+    with tempfile.TemporaryDirectory(prefix="lit_mnist_tta_") as tmp:
+        for repeat in range(repeats):
+            print(f"repeat {repeat + 1} of {repeats}: classic loop", file=sys.stderr, flush=True)
+            wall, payload = _child([sys.executable, here, "--classic", data_dir], tmp, timeout)
+            add("seed's classic loop (10 epochs)", wall, payload)
+            for name in recipes:
+                cfg = {k: v for k, v in vars(parse_args(["--recipe", name])).items() if not k.startswith("_")}
+                cfg = json.loads(json.dumps(cfg, default=str))
+                print(
+                    f"repeat {repeat + 1} of {repeats}: {name}, lit_mnist then plain",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                logs = Path(tmp) / f"{name}-{repeat}"
+                wall, result = _timed(
+                    [sys.executable, str(ROOT / "scripts" / "train.py"), "--recipe", name, "--data-dir", data_dir,
+                     "--log-dir", str(logs), "--no-progress-bar"],
+                    tmp,
+                    timeout,
+                )  # fmt: skip
+                if result.returncode != 0:
+                    raise RuntimeError(
+                        f"train.py --recipe {name} exited {result.returncode}: {result.stderr[-500:]}"
+                    )
+                add(
+                    f"{name}: lit_mnist train.py",
+                    wall,
+                    json.loads((logs / "version_0" / "results.json").read_text()),
+                )
+                wall, payload = _child(
+                    [sys.executable, here, "--plain", json.dumps(cfg), data_dir], tmp, timeout
+                )
+                add(f"{name}: plain PyTorch loop", wall, payload)
+    table = {
+        key: {
+            "wall_s": statistics.median(v["wall_s"]),
+            "test_acc": statistics.median(v["test_acc"]),
+            "train_s": statistics.median([t for t in v["train_s"] if t is not None])
+            if any(v["train_s"])
+            else None,
+            "runs": v,
+        }
+        for key, v in rows.items()
+    }
+    width = max(len(k) for k in table)
+    print(f"{'run (whole process, median of ' + str(repeats) + ')':<{width}}  wall s  test acc  training s")
+    for key, row in table.items():
+        train = f"{row['train_s']:.1f}" if row["train_s"] is not None else "-"
+        print(f"{key:<{width}}  {row['wall_s']:6.1f}  {row['test_acc'] * 100:7.2f}%  {train:>10}")
+    for name in recipes:
+        ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
+        print(f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"repeats": repeats, "table": table}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--plain"]:
+        print(json.dumps(plain_main(json.loads(sys.argv[2]), sys.argv[3])))
+    elif sys.argv[1:2] == ["--classic"]:
+        print(json.dumps(classic_main(sys.argv[2])))
+    else:
+        print("run it through: python scripts/benchmark.py --time-to-accuracy (see --help)", file=sys.stderr)
+        sys.exit(2)
