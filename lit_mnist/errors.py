@@ -52,6 +52,25 @@ class RunError(RuntimeError):
     """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
 
 
+class RunLockedError(RunError):
+    """Another live process writes into this run folder (it holds ``version_N/.lock``): exit status 1.
+
+    Not a usage error: the command is right, and it works as it is once the other process has ended.
+
+    Args:
+        run_dir: The run folder.
+        holder: Who holds it, e.g. ``"process 4242 on host node7, since 2025-01-01T10:00:00"``.
+    """
+
+    def __init__(self, run_dir: object, holder: str) -> None:
+        super().__init__(
+            f"{run_dir} is in use by another run ({holder}); two processes must not write into one run "
+            "folder: wait until that one has ended (or stop it), then run this command again"
+        )
+        self.run_dir = run_dir
+        self.holder = holder
+
+
 class CheckpointWriteError(RunError):
     """A checkpoint could not be written (disk full, quota, I/O error): the file of that name is unchanged.
 

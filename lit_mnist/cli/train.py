@@ -87,10 +87,12 @@ from lit_mnist.runtime import (
     ACCELERATORS,
     PRECISION_ALIASES,
     PRECISIONS,
+    RunLock,
     check_accelerator,
     first_line,
     hide_advertisements,
     ignore_upstream_deprecations,
+    lock_run,
     remove_stale_partials,
     write_atomic,
 )
@@ -812,6 +814,7 @@ def train(
         check_resumable(ckpt_path, model)
 
     version = _run_version(cfg, ckpt_path)
+    lock = _lock_run_folder(cfg, version)
     owns_env = RUN_VERSION_ENV not in os.environ and version is not None
     if owns_env:
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
@@ -916,6 +919,24 @@ def train(
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_folder(cfg: Namespace, version: int | None) -> RunLock | None:
+    """Rank 0 takes the run folder's lock before anything is written into it; other ranks take none.
+
+    Two processes resuming one run at once (a requeued job while the old one still runs) would both
+    write into one ``version_N``; the second is refused with one line naming the first. DDP's other
+    ranks write nothing there and must not wait for the lock their rank 0 holds.
+    """
+    if version is None or _global_rank() != 0:
+        return None
+    run_dir = Path(cfg.log_dir) / f"version_{version}"
+    try:
+        return lock_run(run_dir)
+    except OSError as err:  # read-only, removed meanwhile
+        raise RunError(f"{run_dir}: cannot take the run folder's lock ({first_line(err)})") from None
 
 
 def _own_best(trainer: L.Trainer, run_dir: Path) -> str:
