@@ -120,3 +120,25 @@ class Interrupted(Exception):
     def exit_status(self) -> int:
         """128 + the signal's number, as a shell reports a process ended by that signal."""
         return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)
+
+
+class Aborted(BaseException):
+    """A second Ctrl-C while the run was stopping after the first: the process ends at once, status 130.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except Exception`` takes it; not a
+    ``KeyboardInterrupt``, on which Lightning ends the process itself with status 1. Raised in the middle
+    of whatever ran (a step, a checkpoint being written): no checkpoint is written after it, and the one
+    being written is left unwritten (each is written to a temporary file and renamed, see
+    :func:`lit_mnist.runtime.write_durable`), so every checkpoint on disk is whole.
+
+    Args:
+        epoch: The epoch the run was in; ``None`` when not known yet (raised by the signal handler).
+        step: The optimizer steps taken.
+        checkpoints: The run's checkpoint folder, if it has one.
+    """
+
+    exit_status = 128 + signal.SIGINT
+
+    def __init__(self, epoch: int | None = None, step: int | None = None, checkpoints: object = None) -> None:
+        super().__init__("SIGINT")
+        self.epoch, self.step, self.checkpoints = epoch, step, checkpoints

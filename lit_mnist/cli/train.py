@@ -60,6 +60,7 @@ from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, MNISTDataModule, TensorDataModule, default_data_dir
 from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import (
+    Aborted,
     CheckpointError,
     CheckpointWriteError,
     ConfigError,
@@ -847,6 +848,8 @@ def train(
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
                 raise _interrupted(trainer) from None
+            except Aborted:  # a second Ctrl-C: where the run stood, for the message
+                raise Aborted(trainer.current_epoch, trainer.global_step, run_dir / "checkpoints") from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
             except LoaderStateError as err:
@@ -890,6 +893,8 @@ def train(
                 )
         except SIGTERMException:  # training is complete and saved; the test was not
             raise _interrupted(trainer, best=best or None, testing=True) from None
+        except Aborted:
+            raise Aborted(trainer.current_epoch, trainer.global_step, run_dir / "checkpoints") from None
         except torch.OutOfMemoryError as err:
             raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
         results: dict[str, Any] = {
@@ -916,6 +921,9 @@ def train(
         return results
     finally:
         if trainer is not None:  # a W&B run stays open in the process until it is finished
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, GracefulInterrupt):  # Ctrl-C as it was before the run
+                    callback.restore()
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
@@ -1117,6 +1125,10 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
                 _stop_message(stop, list(sys.argv[1:] if argv is None else argv), prog, cfg), file=sys.stderr
             )
         return stop.exit_status
+    except Aborted as abort:
+        if _global_rank() == 0:
+            print(_abort_message(abort, prog), file=sys.stderr)
+        return abort.exit_status
     except (UsageError, ConfigError) as err:
         usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
     except CheckpointError as err:
@@ -1158,6 +1170,18 @@ def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace)
     return (
         f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
         f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
+    )
+
+
+def _abort_message(abort: Aborted, prog: str) -> str:
+    """One line: where a second Ctrl-C aborted the run, and the last checkpoint on disk (every one is whole)."""
+    where = f" in epoch {abort.epoch} after step {abort.step}" if abort.epoch is not None else ""
+    last = Path(str(abort.checkpoints)) / "last.ckpt" if abort.checkpoints is not None else None
+    kept = _newest(last) if last is not None else ""
+    return (
+        f"{prog}: a second Ctrl-C aborted the run{where}; a checkpoint being written was left unwritten "
+        "and none is half-written"
+        + (f"{kept}; --ckpt-path last resumes from it" if kept else "; no checkpoint of this run is on disk")
     )
 
 
