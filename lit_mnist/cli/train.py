@@ -78,6 +78,7 @@ from lit_mnist.loggers import (
     MLFLOW_EXPERIMENT,
     build_loggers,
     check_installed,
+    check_reachable,
     finish_runs,
     local_mlflow_uri,
     log_artifacts,
@@ -793,6 +794,8 @@ def train(
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
     """
+    if _global_rank() == 0 and not cfg.fast_dev_run:  # not at the first metric, after the data were read
+        check_reachable(cfg.logger, cfg.mlflow_tracking_uri)
     ckpt_path = None
     if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
         ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
