@@ -52,6 +52,25 @@ class RunError(RuntimeError):
     """The run failed for a reason outside the configuration (e.g. the disk is full): exit status 1."""
 
 
+class RunLockedError(RunError):
+    """Another live process writes into this run folder (it holds ``version_N/.lock``): exit status 1.
+
+    Not a usage error: the command is right, and it works as it is once the other process has ended.
+
+    Args:
+        run_dir: The run folder.
+        holder: Who holds it, e.g. ``"process 4242 on host node7, since 2025-01-01T10:00:00"``.
+    """
+
+    def __init__(self, run_dir: object, holder: str) -> None:
+        super().__init__(
+            f"{run_dir} is in use by another run ({holder}); two processes must not write into one run "
+            "folder: wait until that one has ended (or stop it), then run this command again"
+        )
+        self.run_dir = run_dir
+        self.holder = holder
+
+
 class CheckpointWriteError(RunError):
     """A checkpoint could not be written (disk full, quota, I/O error): the file of that name is unchanged.
 
@@ -101,3 +120,25 @@ class Interrupted(Exception):
     def exit_status(self) -> int:
         """128 + the signal's number, as a shell reports a process ended by that signal."""
         return 128 + (signal.SIGINT if self.signal_name == "SIGINT" else signal.SIGTERM)
+
+
+class Aborted(BaseException):
+    """A second Ctrl-C while the run was stopping after the first: the process ends at once, status 130.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except Exception`` takes it; not a
+    ``KeyboardInterrupt``, on which Lightning ends the process itself with status 1. Raised in the middle
+    of whatever ran (a step, a checkpoint being written): no checkpoint is written after it, and the one
+    being written is left unwritten (each is written to a temporary file and renamed, see
+    :func:`lit_mnist.runtime.write_durable`), so every checkpoint on disk is whole.
+
+    Args:
+        epoch: The epoch the run was in; ``None`` when not known yet (raised by the signal handler).
+        step: The optimizer steps taken.
+        checkpoints: The run's checkpoint folder, if it has one.
+    """
+
+    exit_status = 128 + signal.SIGINT
+
+    def __init__(self, epoch: int | None = None, step: int | None = None, checkpoints: object = None) -> None:
+        super().__init__("SIGINT")
+        self.epoch, self.step, self.checkpoints = epoch, step, checkpoints

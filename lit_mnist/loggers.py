@@ -10,13 +10,18 @@ mlflow and wandb are optional extras of the package.
 from __future__ import annotations
 
 import csv
+import http.client
 import importlib
+import netrc
 import os
 import sys
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -71,6 +76,50 @@ def check_installed(names: Sequence[str]) -> None:
                     f'--logger {name} needs the {EXTRAS[name]} package: pip install -e ".[{name}]" '
                     f"(or pip install {EXTRAS[name]})"
                 ) from None
+
+
+def check_reachable(names: Sequence[str], mlflow_tracking_uri: str | None, timeout: float = 5.0) -> None:
+    """Before training: the MLflow server answers, and W&B online has an API key; else :class:`UsageError`.
+
+    Cheap: one HTTP ``GET /health`` (any HTTP answer counts; only no answer within ``timeout`` seconds is
+    refused), and for W&B a look at ``WANDB_API_KEY`` and the ``~/.netrc`` entry ``wandb login`` writes.
+    Without it both fail at the first metric logged, after the data were read and the model built.
+    """
+    if (
+        "mlflow" in names
+        and mlflow_tracking_uri
+        and urlsplit(mlflow_tracking_uri).scheme in ("http", "https")
+    ):
+        url = mlflow_tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                pass
+        except urllib.error.HTTPError:  # a server answered (a proxy, an older MLflow): it is there
+            pass
+        except (OSError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", err)
+            raise UsageError(
+                f"--mlflow-tracking-uri {mlflow_tracking_uri}: no server answers there ({reason}); start the "
+                "MLflow server (mlflow server --port 5000) or fix the URI, or leave the flag out for a local "
+                "store in --log-dir"
+            ) from None
+    if "wandb" in names and not wandb_offline() and not wandb_api_key_configured():
+        raise UsageError(
+            "--logger wandb with WANDB_MODE=online needs a W&B API key and none is set (WANDB_API_KEY, or the "
+            "api.wandb.ai entry of ~/.netrc that wandb login writes); run wandb login or set WANDB_API_KEY, "
+            "or unset WANDB_MODE to log offline (wandb sync later)"
+        )
+
+
+def wandb_api_key_configured() -> bool:
+    """Whether W&B has an API key: ``WANDB_API_KEY``, or an entry for its host in ``$NETRC`` / ``~/.netrc``."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc (or none readable): no key there
+        return False
 
 
 def build_loggers(

@@ -23,7 +23,7 @@ from typing import IO, Any
 import lightning as L
 import torch
 
-from lit_mnist.errors import UsageError
+from lit_mnist.errors import RunLockedError, UsageError
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
@@ -163,6 +163,66 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+# --------------------------------------------------------------------------- one process per run folder
+#: The lock file of a run folder: held (``flock``) by the process writing into the folder.
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock``, held while one process writes into a run folder.
+
+    The kernel releases it when the process ends, ``kill -9`` included, so a lock left by a dead
+    process never blocks the next run: there is no stale lock to detect or remove. The file holds the
+    holder's PID, host and start time for the message of a process refused. It is left in place after
+    release (removing it would let two processes lock two different files of one name). On NFS, Linux
+    turns ``flock`` into a POSIX lock the server knows of; Lustre needs its ``flock`` mount option.
+    """
+
+    def __init__(self, run_dir: Path, fd: int) -> None:
+        self.run_dir, self._fd = run_dir, fd
+
+    def release(self) -> None:
+        """Let the next process have the folder (closing the file releases the lock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """Take ``run_dir``'s lock without waiting, and write this process's PID, host and time into it.
+
+    Raises:
+        RunLockedError: another live process holds it; the message names its PID and host.
+        OSError: the lock file cannot be created (the folder is read-only, removed, ...).
+    """
+    import fcntl  # POSIX only; imported here so that the rest of the module imports anywhere
+
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 400).decode(errors="replace").split()
+        os.close(fd)
+        fields = dict(zip(holder[::2], holder[1::2], strict=False))
+        who = f"process {fields.get('pid', '?')} on host {fields.get('host', '?')}"
+        since = f", since {fields['started']}" if "started" in fields else ""
+        raise RunLockedError(run_dir, who + since) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    os.write(fd, f"pid {os.getpid()} host {socket.gethostname()} started {started}\n".encode())
+    return RunLock(run_dir, fd)
 
 
 # --------------------------------------------------------------------------- a quiet Trainer

@@ -6,7 +6,8 @@ batch in flight, then raises ``SIGTERMException``, and every callback's ``on_exc
 batches seen. Ctrl-C, left alone, raises ``KeyboardInterrupt`` wherever the process happens to be
 (mid-backward, mid-step) and Lightning exits without a checkpoint. :class:`GracefulInterrupt` makes
 the first Ctrl-C behave like SIGTERM, by sending the process a SIGTERM that Lightning's own handler
-takes; a second Ctrl-C aborts at once.
+takes; a second Ctrl-C, before the batch ended or while the stop's checkpoint is written, aborts at
+once with :class:`~lit_mnist.errors.Aborted` (status 130), leaving that checkpoint unwritten.
 """
 
 from __future__ import annotations
@@ -20,16 +21,23 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_mnist.errors import CheckpointWriteError, NonFiniteLossError
+from lit_mnist.errors import Aborted, CheckpointWriteError, NonFiniteLossError
 
 
 class GracefulInterrupt(L.Callback):
-    """On the first SIGINT (Ctrl-C), stop after the current batch the way SIGTERM does."""
+    """On the first SIGINT (Ctrl-C), stop after the current batch the way SIGTERM does; on a second, abort.
+
+    While a stop's checkpoint is written (``on_exception`` of a SIGTERM stop) Ctrl-C still aborts, so the
+    handler stays installed after that exception: call :meth:`restore` once ``fit`` or ``test`` has
+    returned or raised (``train`` does).
+    """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: Any = None
+        self._stopping = False
         self._notice = "stopping after this batch"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -46,6 +54,7 @@ class GracefulInterrupt(L.Callback):
 
     def _install(self, trainer: L.Trainer) -> None:
         self.signal_name = None
+        self._stopping = False
         if trainer.world_size > 1:
             # Every process gets the terminal's Ctrl-C; a stop that several processes start at once
             # is not one Lightning's SIGTERM path handles. Ctrl-C interrupts as usual there.
@@ -61,18 +70,31 @@ class GracefulInterrupt(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, SIGTERMException):
+            # The checkpoint callbacks (which Lightning calls after this one) write the stop's checkpoint
+            # now: a Ctrl-C during that write aborts it (restore() is the caller's, after fit or test)
+            self._stopping = True
+            return
+        self._restore()
+
+    def restore(self) -> None:
+        """Give Ctrl-C back the handler it had before ``fit`` or ``test`` started (if this one is installed)."""
         self._restore()
 
     def _restore(self) -> None:
+        self._stopping = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal_name is not None or self._stopping:  # a second Ctrl-C, or one during the stop's save
+            self._restore()
+            raise Aborted
         # Lightning installs its SIGTERM handler for the length of a fit (on the main thread); without
         # it SIGTERM would end the process at once.
         lightning_stops = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-        if not lightning_stops or self.signal_name is not None:
+        if not lightning_stops:
             self._restore()
             raise KeyboardInterrupt
         self.signal_name = "SIGINT"
@@ -113,7 +135,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning >= 2.6 writes ``save_last=True``'s file only when a top-k checkpoint was written in the
     same step, so it can lag behind; this one always follows the latest epoch. On an exception it
-    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights), after a
+    saves a resumable checkpoint, except after a :class:`NonFiniteLossError` (diverged weights), after
+    :class:`Aborted` (a second Ctrl-C: it may have come in the middle of an optimizer step), after a
     :class:`CheckpointWriteError` (the last checkpoint on disk must not name a best checkpoint that was
     never written; the disk is likely full anyway), and before training started in this process (e.g. a resume whose checkpoint does not fit the run: the
     file on disk is still the latest state, and must not be replaced by a half-restored one).
@@ -165,7 +188,9 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if self._training_started and not isinstance(exception, NonFiniteLossError | CheckpointWriteError):
+        if self._training_started and not isinstance(
+            exception, NonFiniteLossError | CheckpointWriteError | Aborted
+        ):
             super().on_exception(trainer, pl_module, exception)
             # Lightning skips the save when this step's checkpoint is already written (or in a dev run)
             written = Path(self.format_checkpoint_name({}))

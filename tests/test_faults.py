@@ -17,8 +17,8 @@ import torch
 
 from lit_mnist.checkpoints import AtomicCheckpointIO
 from lit_mnist.cli.train import train_main
-from lit_mnist.errors import CheckpointWriteError
-from lit_mnist.runtime import PARTIAL_SUFFIX, remove_stale_partials
+from lit_mnist.errors import CheckpointWriteError, RunLockedError
+from lit_mnist.runtime import LOCK_NAME, PARTIAL_SUFFIX, lock_run, remove_stale_partials
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -397,3 +397,74 @@ def test_checkpoint_copied_from_another_run_never_tests_that_runs_best(
     results = json.loads((tmp_path / "b" / "version_0" / "results.json").read_text())
     assert results["best_checkpoint"] is None and results["test_acc"] > 0.5
     assert _tree(tmp_path / "a") == a_files
+
+
+# --------------------------------------------------------------------------- one process per run folder
+def test_run_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    with lock_run(tmp_path) as held:
+        assert held.run_dir == tmp_path
+        with pytest.raises(
+            RunLockedError, match=rf"process {os.getpid()} on host {re.escape(socket.gethostname())}"
+        ):
+            lock_run(tmp_path)  # a second open file of the same process is refused as another process is
+    lock_run(tmp_path).release()  # free again
+
+
+_HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from lit_mnist.runtime import lock_run\n"
+    "lock = lock_run(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)"
+)
+
+
+def test_second_process_resuming_a_run_is_refused_until_the_first_dies(
+    trained: Path, run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A requeued job resumes a run while the old job still writes into it: one line naming the holder,
+    exit 1, the run's files untouched. Once the holder is killed with SIGKILL the resume goes ahead:
+    the kernel released its lock, no stale lock file blocks it."""
+    run = trained.parent
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.read_bytes() for p in trained.iterdir()}
+        for ckpt in ("last", str(trained / "last.ckpt")):
+            capsys.readouterr()
+            assert train_main([*run_args, "--max-epochs", "2", "--ckpt-path", ckpt]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1, err
+            assert err[0].startswith(
+                f"train.py: error: {run} is in use by another run (process {holder.pid} on host "
+                f"{socket.gethostname()}, since "
+            ), err[0]
+            assert "wait until that one has ended (or stop it), then run this command again" in err[0]
+        assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    finally:
+        holder.kill()  # SIGKILL: no chance to release anything itself
+        holder.communicate(timeout=30)
+    assert train_main([*run_args, "--max-epochs", "2", "--ckpt-path", "last"]) == 0
+    assert torch.load(trained / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert f"pid {os.getpid()} " in (run / LOCK_NAME).read_text()  # the last holder, for the next message
+
+
+def test_a_new_run_holds_its_folder_while_it_trains(run_args: list[str], tmp_path: Path) -> None:
+    import lightning as L
+
+    from lit_mnist.cli.train import parse_args, train
+
+    refused: list[str] = []
+
+    class TryTheLock(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            try:
+                lock_run(tmp_path / "logs" / "version_0").release()
+            except RunLockedError as err:
+                refused.append(str(err))
+
+    cfg = parse_args(
+        [*run_args, "--max-epochs", "1", "--limit-train-batches", "2", "--limit-val-batches", "1"]
+    )
+    train(cfg, callbacks=[TryTheLock()])
+    assert len(refused) == 1 and f"process {os.getpid()}" in refused[0]
+    lock_run(tmp_path / "logs" / "version_0").release()  # released when the run ended

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -442,3 +444,91 @@ def test_cnn_recipe_reaches_99_percent_on_real_mnist(
     capsys.readouterr()
     assert evaluate_main(["--ckpt-path", results["best_checkpoint"], "--accelerator", "cpu"]) == 0
     assert f"Test accuracy: {results['test_acc']:.2%}" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- outputs that cannot be written
+_OUTPUTS = {  # command -> (its output flag, a file name it accepts, its other flags)
+    "predict": ("--output", "p.csv", ["--accelerator", "cpu"]),
+    "evaluate": ("--json", "e.json", ["--accelerator", "cpu"]),
+    "export": ("--output", "m.pt2", ["--format", "torch-export"]),
+}
+
+
+def _command_args(command: str, trained: Run, output: Path, tmp_path: Path) -> list[str]:
+    flag, _, extra = _OUTPUTS[command]
+    args = ["--ckpt-path", str(trained.ckpt), *extra, flag, str(output)]
+    if command == "predict":
+        image = tmp_path / "digit.png"
+        Image.fromarray(make_digits(1, seed=3)[0][0]).save(image)
+        args.append(str(image))
+    if command == "evaluate":
+        args += ["--data-dir", str(trained.data_dir)]
+    return args
+
+
+@pytest.mark.parametrize("command", list(_OUTPUTS))
+def test_output_under_a_file_is_one_line_before_the_work(
+    command: str, trained: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path whose folder is a regular file: refused before anything runs (root cannot write it either)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    flag, name, _ = _OUTPUTS[command]
+    output = notes / "sub" / name
+    with pytest.raises(SystemExit) as info:
+        COMMANDS[command](_command_args(command, trained, output, tmp_path))
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    line = _one_line_error(captured.err, f"{command}.py")
+    assert (
+        line
+        == f"{command}.py: error: {flag} {output}: {notes} is a file, not a folder; give a path in a folder"
+    )
+    assert "Test accuracy" not in captured.out and "Wrote" not in captured.out  # refused before the work
+    assert notes.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", list(_OUTPUTS))
+def test_output_into_a_read_only_folder_is_one_line(
+    command: str, trained: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user (root) can write into a 0o555 folder")
+        flag, name, _ = _OUTPUTS[command]
+        with pytest.raises(SystemExit) as info:
+            COMMANDS[command](_command_args(command, trained, folder / name, tmp_path))
+        assert info.value.code == 2
+        line = _one_line_error(capsys.readouterr().err, f"{command}.py")
+        assert line == (
+            f"{command}.py: error: {flag} {folder / name}: cannot write into the folder {folder} (read-only, "
+            "or no permission); give a path in a folder you can write"
+        )
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_predictions_that_cannot_be_written_go_to_stdout(
+    trained: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The disk fills between the check and the write: the predictions are printed, not lost; exit 1."""
+    import lit_mnist.inference
+
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lit_mnist.inference, "write_atomic", disk_full)
+    output = tmp_path / "p.csv"
+    assert predict_main(_command_args("predict", trained, output, tmp_path)) == 1
+    captured = capsys.readouterr()
+    assert _one_line_error(captured.err, "predict.py") == (
+        f"predict.py: error: --output {output} was not written ([Errno 28] No space left on device); "
+        "the predictions are on stdout above"
+    )
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    assert [row["file"] for row in rows] == [str(tmp_path / "digit.png")]
+    assert not output.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -254,3 +255,49 @@ def test_train_main_leaves_no_tensorboard_writer_running(run_args: list[str]) ->
     assert train_main([*run_args, "--max-epochs", "1"]) == 0
     left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
     assert left == [], left
+
+
+def test_mlflow_server_that_does_not_answer_is_refused_at_start(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mlflow")
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            train_main([*run_args, "--logger", "csv", "mlflow", "--mlflow-tracking-uri", uri])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"train.py: error: --mlflow-tracking-uri {uri}: no server answers there ("), (
+        lines
+    )
+    assert "start the MLflow server (mlflow server --port 5000) or fix the URI" in lines[0]
+    assert not (tmp_path / "logs").exists()  # before any run folder
+
+
+def test_wandb_online_without_a_key_is_refused_at_start(
+    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("wandb")
+    from lit_mnist.loggers import wandb_api_key_configured
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # none there
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train_main([*run_args, "--logger", "csv", "wandb"])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "train.py: error: --logger wandb with WANDB_MODE=online needs a W&B API key and none is set "
+        "(WANDB_API_KEY, or the api.wandb.ai entry of ~/.netrc that wandb login writes); run wandb login or "
+        "set WANDB_API_KEY, or unset WANDB_MODE to log offline (wandb sync later)"
+    ]
+    assert not (tmp_path / "logs").exists()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert wandb_api_key_configured()  # what wandb login writes counts

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -366,3 +367,73 @@ def test_sigterm_during_the_sanity_check(
         assert last.read_bytes() == before
     assert train_main(resume) == 0  # and it does resume
     assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+_SLOW_SAVES = """
+import sys, time
+import lit_mnist.checkpoints
+from lit_mnist.cli.train import train_main
+
+real = lit_mnist.checkpoints.write_durable
+
+def slow(path, write, check=None):  # every save holds its partial file for 3 s: time for a Ctrl-C
+    def write_slowly(f):
+        write(f)
+        print(f"saving {path}", file=sys.stderr, flush=True)
+        time.sleep(3)
+    real(path, write_slowly, check)
+
+lit_mnist.checkpoints.write_durable = slow
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def test_second_ctrl_c_while_the_stop_is_saved_exits_130(run_args: list[str], tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the stop's last.ckpt is being written: status 130 at once, one line;
+    that checkpoint is left unwritten and the one before it is whole and named."""
+    script = tmp_path / "slow_saves.py"
+    script.write_text(_SLOW_SAVES)
+    args = [*run_args, "--max-epochs", "50", "--steps-per-batch", "1", "--save-top-k", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    checkpoints = tmp_path / "logs" / "version_0" / "checkpoints"
+    seen: list[str] = []
+
+    def wait_for(text: str) -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            seen.append(line)
+            if text in line:
+                return
+        pytest.fail(f"no {text!r} before the end:\n{''.join(seen)[-3000:]}")
+
+    try:
+        wait_for("saving ")  # epoch 0's last.ckpt is being written
+        while not (checkpoints / "last.ckpt").is_file():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        wait_for("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).")
+        wait_for("saving ")  # the stop's checkpoint
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    held = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    lines = rest.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"train\.py: a second Ctrl-C aborted the run in epoch \d+ after step \d+; a checkpoint being written was "
+        rf"left unwritten and none is half-written; the last one, {re.escape(str(checkpoints / 'last.ckpt'))}, "
+        rf"holds epoch {held['epoch']}, step {held['global_step']}; --ckpt-path last resumes from it",
+        lines[0],
+    ), lines[0]
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]  # no partial file left

@@ -7,12 +7,14 @@ accepts; jsonargparse's own (often multi-line) messages are rewritten by :func:`
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 import typing
 from argparse import ArgumentError
 from collections import abc
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import docstring_parser
@@ -29,6 +31,32 @@ def usage_exit(prog: str, message: str) -> NoReturn:
     """Print ``prog: error: message`` to stderr and exit with status 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def output_problem(path: Path) -> str:
+    """Why ``path`` cannot be written as a new file (its folders are created), or ``""`` when it can.
+
+    Checked before the work whose result goes there, so that a typo costs nothing: ``path`` is a
+    folder, a file stands where a folder of its path should be, or the nearest existing folder is
+    not writable (read-only, no permission; ``os.access``, which also knows read-only filesystems).
+    """
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent  # the first that exists: write_atomic creates the others
+    shown = folder if str(folder) not in ("", ".") else Path.cwd()
+    if folder.exists() and not folder.is_dir():
+        return f"{shown} is a file, not a folder; give a path in a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write into the folder {shown} (read-only, or no permission); give a path in a folder you can write"
+    return ""
+
+
+def check_output(prog: str, flag: str, path: str | Path | None) -> None:
+    """End the process with one line and status 2 when ``flag``'s ``path`` cannot be written."""
+    if path is not None and (problem := output_problem(Path(path))):
+        usage_exit(prog, f"{flag} {path}: {problem}")
 
 
 def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str] = ()) -> str:

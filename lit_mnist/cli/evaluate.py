@@ -14,11 +14,11 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 
 from lit_mnist.checkpoints import CONFIG_NAME
-from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
+from lit_mnist.cli.common import check_output, checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
 from lit_mnist.data import MNISTDataModule
 from lit_mnist.errors import DataError, UsageError
 from lit_mnist.inference import build_datamodule, evaluate, format_evaluation, run_precision
-from lit_mnist.runtime import ACCELERATORS, PRECISIONS, write_atomic
+from lit_mnist.runtime import ACCELERATORS, PRECISIONS, first_line, write_atomic
 
 
 def get_parser(prog: str = "evaluate.py") -> ArgumentParser:
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "evaluate.py") -> int:
     cfg = parse_or_exit(get_parser(prog), argv, prog)
     if cfg.batch_size is not None and cfg.batch_size < 1:
         usage_exit(prog, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    check_output(prog, "--json", cfg.json)  # before the evaluation, so that a typo costs nothing
     ckpt, info, source = load_or_exit(cfg, prog)
     dataset = info.name
     precision = cfg.precision or run_precision(ckpt.run_config)
@@ -70,6 +71,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "evaluate.py") -> int:
             "dataset": dataset,
             "data_dir": getattr(datamodule, "data_dir", None),
         }
-        write_atomic(Path(cfg.json), json.dumps({**record, **result.to_dict()}, indent=2) + "\n")
+        try:
+            write_atomic(Path(cfg.json), json.dumps({**record, **result.to_dict()}, indent=2) + "\n")
+        except OSError as err:  # the disk filled, the folder went away: the results are printed above
+            print(
+                f"{prog}: error: --json {cfg.json} was not written ({first_line(err)}); the results are above",
+                file=sys.stderr,
+            )
+            return 1
         print(f"\nWrote {cfg.json}")
     return 0

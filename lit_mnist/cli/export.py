@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentParser
 
-from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
+from lit_mnist.cli.common import checkpoint_parser, load_or_exit, output_problem, parse_or_exit, usage_exit
 from lit_mnist.export import EXPORT_FORMATS, export_metadata, export_model, run_exported
-from lit_mnist.runtime import write_atomic
+from lit_mnist.runtime import first_line, write_atomic
 
 
 def get_parser(prog: str = "export.py") -> ArgumentParser:
@@ -48,18 +48,25 @@ def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
         usage_exit(prog, f"--output {output} is a folder; give a file name ending in {suffix}")
     if output.exists() and not cfg.overwrite:
         usage_exit(prog, f"--output {output} exists; pass --overwrite to replace it, or another --output")
+    if problem := output_problem(output):
+        usage_exit(prog, f"--output {output}: {problem}")
     model = ckpt.model.float()
+    meta = {**export_metadata(model, info), "format": cfg.format}
+    meta_path = output.with_name(output.name + ".json")
     try:
         export_model(model, output, cfg.format)
+        write_atomic(meta_path, json.dumps({**meta, "checkpoint": str(ckpt.path)}, indent=2) + "\n")
     except ImportError as err:
         print(
             f"{prog}: error: --format {cfg.format} needs {err.name or 'onnx'}: pip install 'lit_mnist[export]'",
             file=sys.stderr,
         )
         return 1
-    meta = {**export_metadata(model, info), "format": cfg.format}
-    meta_path = output.with_name(output.name + ".json")
-    write_atomic(meta_path, json.dumps({**meta, "checkpoint": str(ckpt.path)}, indent=2) + "\n")
+    except OSError as err:  # the disk filled, the folder went away: each file is whole or not there
+        failed = meta_path if output.is_file() and not meta_path.is_file() else output
+        kept = f"; {output} was written without it" if failed == meta_path else ""
+        print(f"{prog}: error: {failed} was not written ({first_line(err)}){kept}", file=sys.stderr)
+        return 1
     print(
         f"Wrote {output} ({cfg.format}: float32 input (N, {', '.join(map(str, meta['input_shape']))}), logits out)"
     )

@@ -13,10 +13,10 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from lit_mnist.cli.common import checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
+from lit_mnist.cli.common import check_output, checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
 from lit_mnist.images import FIT_CHOICES, INVERT_CHOICES
 from lit_mnist.inference import predict_files, write_predictions
-from lit_mnist.runtime import ACCELERATORS
+from lit_mnist.runtime import ACCELERATORS, first_line
 
 
 def get_parser(prog: str = "predict.py") -> ArgumentParser:
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "predict.py") -> int:
         usage_exit(prog, f"--output must end in .csv or .json, got {cfg.output}")
     if cfg.batch_size < 1:
         usage_exit(prog, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    check_output(prog, "--output", output)  # before the work, so that a typo costs nothing
     ckpt, info, _ = load_or_exit(cfg, prog)
     predictions = predict_files(
         ckpt.model, cfg.files, info, cfg.invert, cfg.fit, cfg.accelerator, cfg.batch_size
@@ -58,8 +59,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "predict.py") -> int:
     for p in predictions:
         if p.error is not None:
             print(f"{prog}: error: {p.file}: {p.error}", file=sys.stderr)
-    write_predictions(predictions, output)
     failed = sum(p.error is not None for p in predictions)
+    try:
+        write_predictions(predictions, output)
+    except OSError as err:  # the disk filled, the folder went away: the predictions go to stdout instead
+        write_predictions(predictions, None)
+        print(
+            f"{prog}: error: --output {output} was not written ({first_line(err)}); the predictions are "
+            "on stdout above",
+            file=sys.stderr,
+        )
+        return 1
     if output is not None:
         print(f"Wrote {len(predictions) - failed} predictions to {output}")
     if failed:

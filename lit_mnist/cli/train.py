@@ -61,6 +61,7 @@ from lit_mnist.cli.common import constructor_flags, one_line, usage_exit
 from lit_mnist.data import DATA_DIR_ENV, MNISTDataModule, TensorDataModule, default_data_dir
 from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import (
+    Aborted,
     CheckpointError,
     CheckpointWriteError,
     ConfigError,
@@ -78,6 +79,7 @@ from lit_mnist.loggers import (
     MLFLOW_EXPERIMENT,
     build_loggers,
     check_installed,
+    check_reachable,
     finish_runs,
     local_mlflow_uri,
     log_artifacts,
@@ -88,10 +90,12 @@ from lit_mnist.runtime import (
     ACCELERATORS,
     PRECISION_ALIASES,
     PRECISIONS,
+    RunLock,
     check_accelerator,
     first_line,
     hide_advertisements,
     ignore_upstream_deprecations,
+    lock_run,
     remove_stale_partials,
     write_atomic,
 )
@@ -800,6 +804,8 @@ def train(
     Raises:
         DataError, CheckpointError, UsageError: for the caller to report without a traceback.
     """
+    if _global_rank() == 0 and not cfg.fast_dev_run:  # not at the first metric, after the data were read
+        check_reachable(cfg.logger, cfg.mlflow_tracking_uri)
     ckpt_path = None
     if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
         ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
@@ -822,6 +828,7 @@ def train(
         check_resumable(ckpt_path, model)
 
     version = _run_version(cfg, ckpt_path)
+    lock = _lock_run_folder(cfg, version)
     owns_env = RUN_VERSION_ENV not in os.environ and version is not None
     if owns_env:
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
@@ -854,6 +861,8 @@ def train(
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
                 raise _interrupted(trainer) from None
+            except Aborted:  # a second Ctrl-C: where the run stood, for the message
+                raise Aborted(trainer.current_epoch, trainer.global_step, run_dir / "checkpoints") from None
             except torch.OutOfMemoryError as err:
                 raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
             except LoaderStateError as err:
@@ -901,6 +910,8 @@ def train(
                 )
         except SIGTERMException:  # training is complete and saved; the test was not
             raise _interrupted(trainer, best=best or None, testing=True) from None
+        except Aborted:
+            raise Aborted(trainer.current_epoch, trainer.global_step, run_dir / "checkpoints") from None
         except torch.OutOfMemoryError as err:
             raise RunError(_out_of_memory_message(err, cfg, trainer, run_dir)) from None
         results: dict[str, Any] = {
@@ -927,9 +938,30 @@ def train(
         return results
     finally:
         if trainer is not None:  # a W&B run stays open in the process until it is finished
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, GracefulInterrupt):  # Ctrl-C as it was before the run
+                    callback.restore()
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_folder(cfg: Namespace, version: int | None) -> RunLock | None:
+    """Rank 0 takes the run folder's lock before anything is written into it; other ranks take none.
+
+    Two processes resuming one run at once (a requeued job while the old one still runs) would both
+    write into one ``version_N``; the second is refused with one line naming the first. DDP's other
+    ranks write nothing there and must not wait for the lock their rank 0 holds.
+    """
+    if version is None or _global_rank() != 0:
+        return None
+    run_dir = Path(cfg.log_dir) / f"version_{version}"
+    try:
+        return lock_run(run_dir)
+    except OSError as err:  # read-only, removed meanwhile
+        raise RunError(f"{run_dir}: cannot take the run folder's lock ({first_line(err)})") from None
 
 
 def _own_best(trainer: L.Trainer, run_dir: Path) -> str:
@@ -1110,6 +1142,10 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
                 _stop_message(stop, list(sys.argv[1:] if argv is None else argv), prog, cfg), file=sys.stderr
             )
         return stop.exit_status
+    except Aborted as abort:
+        if _global_rank() == 0:
+            print(_abort_message(abort, prog), file=sys.stderr)
+        return abort.exit_status
     except (UsageError, ConfigError) as err:
         usage_exit(prog, f"{err.flag} {err.message}" if isinstance(err, ConfigError) else str(err))
     except CheckpointError as err:
@@ -1151,6 +1187,18 @@ def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace)
     return (
         f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
         f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
+    )
+
+
+def _abort_message(abort: Aborted, prog: str) -> str:
+    """One line: where a second Ctrl-C aborted the run, and the last checkpoint on disk (every one is whole)."""
+    where = f" in epoch {abort.epoch} after step {abort.step}" if abort.epoch is not None else ""
+    last = Path(str(abort.checkpoints)) / "last.ckpt" if abort.checkpoints is not None else None
+    kept = _newest(last) if last is not None else ""
+    return (
+        f"{prog}: a second Ctrl-C aborted the run{where}; a checkpoint being written was left unwritten "
+        "and none is half-written"
+        + (f"{kept}; --ckpt-path last resumes from it" if kept else "; no checkpoint of this run is on disk")
     )
 
 
