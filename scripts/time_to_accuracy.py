@@ -185,6 +185,7 @@ def run(recipes: list[str], data_dir: str, repeats: int, json_path: str | None, 
     from lit_mnist.cli.train import parse_args  # the parent only: the children are timed
 
     here = str(Path(__file__).resolve())
+    data_dir = str(Path(data_dir).resolve())  # the processes run in a temporary folder
     rows: dict[str, dict[str, list[Any]]] = {}
 
     def add(key: str, wall: float, payload: dict[str, Any]) -> None:

@@ -161,3 +161,9 @@ class RunningServer:
                 continue
         self.process.wait(timeout=20)
         self.process = None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real-MNIST trainings (``slow``) first: under ``pytest -n 2`` the longest tests start at once and
+    the short ones fill the other worker, instead of a long one starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

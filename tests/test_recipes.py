@@ -291,3 +291,11 @@ def test_recipe_reaches_its_accuracy_on_real_mnist(
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "logs" / "version_0" / "results.json").read_text())
     assert results["test_acc"] >= floor, results
+    # evaluate.py on the best checkpoint reports the same accuracy, with the dataset from the checkpoint
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--ckpt-path", results["best_checkpoint"],
+         "--data-dir", str(real_data_dir), "--accelerator", "cpu"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"Test accuracy: {results['test_acc']:.2%}" in evaluated.stdout

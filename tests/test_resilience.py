@@ -220,14 +220,14 @@ def test_bf16_mixed_matches_fp32_on_real_mnist(real_data_dir: Path, tmp_path: Pa
             "--data-dir",
             str(real_data_dir),
             "--max-epochs",
-            "2",
+            "1",
             "--accelerator",
             "cpu",
             "--no-progress-bar",
         ]
         assert train_main([*args, "--precision", precision, "--log-dir", str(log_dir)]) == 0
         accuracies[precision] = json.loads((log_dir / "version_0" / "results.json").read_text())["test_acc"]
-    assert accuracies["32-true"] >= 0.95
+    assert accuracies["32-true"] >= 0.93  # one epoch of the classic recipe
     assert abs(accuracies["bf16-mixed"] - accuracies["32-true"]) <= 0.005, accuracies
 
 
