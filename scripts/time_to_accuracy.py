@@ -64,7 +64,7 @@ def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
     perm = torch.randperm(
         len(train_y), generator=torch.Generator().manual_seed(42)
     )  # MNISTDataModule's split
-    keep = perm[cfg["val_size"] :]
+    keep = perm[cfg["val_size"] or 5_000 :]  # None: MNISTDataModule's default, 5,000 held out
     x = train_x[keep].unsqueeze(1).float().div_(255).sub_(mean).div_(std)
     y = train_y[keep]
     tx = test_x.unsqueeze(1).float().div_(255).sub_(mean).div_(std)

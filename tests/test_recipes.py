@@ -65,6 +65,13 @@ def test_every_recipe_is_a_valid_config_and_records_its_name(name: str) -> None:
     }
 
 
+def test_a_recipe_named_in_a_config_file_is_read_before_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text("recipe: cnn-fast\nmax_epochs: 3\n")
+    cfg = parse_args(["--config", str(config)])
+    assert (cfg.recipe, cfg.model, cfg.batch_size, cfg.max_epochs) == ("cnn-fast", "cnn", 128, 3)
+
+
 def test_flags_after_a_recipe_override_it_and_flags_before_do_not() -> None:
     assert parse_args(["--recipe", "cnn-fast"]).max_epochs == 2
     assert parse_args(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
@@ -219,7 +226,12 @@ def test_swa_saves_and_tests_the_averaged_weights(run_args: list[str], tmp_path:
         (["--ema", "1.5"], "--ema must be a decay in (0, 1)"),
         (["--swa-lr", "0"], "--swa-lr must be a learning rate > 0"),
         (["--ema", "0.9", "--swa-lr", "0.1"], "--ema and --swa-lr both average the weights"),
-        (["--swa-lr", "0.1", "--swa-epoch-start", "1.5"], "--swa-epoch-start must be an epoch index"),
+        (["--swa-lr", "0.1", "--swa-epoch-start", "1.5"], "--swa-epoch-start must be an epoch number"),
+        (["--swa-lr", "0.1", "--swa-epoch-start", "10"], "--swa-epoch-start must be an epoch number from 1"),
+        (
+            ["--swa-lr", "0.1", "--max-steps", "50"],
+            "--swa-lr with --max-steps: Lightning's SWA puts the average",
+        ),
         (["--lr", "auto", "--ckpt-path", "last"], "--lr auto searches a learning rate before training"),
         (
             ["--lr-find", "--devices", "2", "--accelerator", "cpu"],

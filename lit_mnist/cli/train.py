@@ -309,9 +309,12 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None, prog: str = "train.py") -> Namespace:
     """Parse and check ``argv``; on a usage error print one line and exit with status 2."""
     parser = get_parser(prog)
-    args, _ = expand_recipe(list(sys.argv[1:] if argv is None else argv), prog)
+    args, recipe = expand_recipe(list(sys.argv[1:] if argv is None else argv), prog)
     try:
         cfg = parser.parse_args(args)
+        if cfg.recipe is not None and recipe is None:  # `recipe: NAME` in a --config file: read it first
+            args, recipe = expand_recipe(["--recipe", str(cfg.recipe), *args], prog)
+            cfg = parser.parse_args(args)
         check_not_null(cfg, parser)
         check_config(cfg)
     except UnicodeDecodeError as err:  # a binary file given as --config
@@ -428,10 +431,28 @@ def check_config(cfg: Namespace) -> None:
     if cfg.ema is not None and cfg.swa_lr is not None:
         raise UsageError("--ema and --swa-lr both average the weights; give one of them")
     start = cfg.swa_epoch_start
-    if (isinstance(start, float) and not 0 < start < 1) or (isinstance(start, int) and start < 0):
+    if (isinstance(start, float) and not 0 < start < 1) or (
+        isinstance(start, int) and not 1 <= start < cfg.max_epochs
+    ):
         raise UsageError(
-            f"--swa-epoch-start must be an epoch index >= 0 (e.g. 8) or a fraction in (0, 1) (e.g. 0.8); got {start}"
+            f"--swa-epoch-start must be an epoch number from 1 to --max-epochs - 1 (e.g. 8) or a fraction in (0, 1) "
+            f"(e.g. 0.8); got {start}"
         )
+    if cfg.swa_lr is not None:
+        early = [
+            flag
+            for flag, given in (
+                ("--early-stopping-patience", cfg.early_stopping_patience is not None),
+                ("--max-steps", cfg.max_steps != -1),
+                ("--max-time", cfg.max_time is not None),
+            )
+            if given
+        ]
+        if early:
+            raise UsageError(
+                f"--swa-lr with {early[0]}: Lightning's SWA puts the average into the model only when --max-epochs "
+                "is reached, and this run may stop before; stop it by --max-epochs alone"
+            )
     if cfg.lr_find or cfg.lr == "auto":
         flag = "--lr auto" if cfg.lr == "auto" else "--lr-find"
         if cfg.ckpt_path is not None:
