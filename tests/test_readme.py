@@ -25,7 +25,9 @@ def _python_block(after: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "heading", ["## Using it from Python", "From Python, the fast path is the same few pieces"]
+    # "## Using it from Python" runs verbatim on a tiny dataset in tests/test_readme_examples.py (from-python)
+    "heading",
+    ["From Python, the fast path is the same few pieces"],
 )
 def test_readme_python_block_runs(heading: str, real_data_dir: Path, tmp_path: Path) -> None:
     # a block names the README's data folder, or reads $LIT_MNIST_DATA_DIR (MNISTDataModule() with no folder)
