@@ -8,9 +8,9 @@ epoch-long table of uniform numbers drawn from ``(seed, epoch, rank)``, one row 
 So the augmented batches are a pure function of the run's seed and the epoch: a resumed run, or the
 same run with another step-group size, sees exactly the same images.
 
-Measured against ``kornia.augmentation.RandomAffine`` (which draws its own parameters and could not
-be replayed from ``(seed, epoch)`` without its private parameter generator) in ``scripts/benchmark.py
---augment-only``; see the README's Speed section.
+Not kornia's ``RandomAffine``: it draws its own parameters from the global random state, which the
+loader could not replay per sample position on resume; torchvision's ``v2.RandomAffine`` applies one
+draw to a whole batch.
 """
 
 from __future__ import annotations

@@ -484,16 +484,16 @@ class MNISTDataModule(TensorDataModule):
     ) -> None:
         data_dir = str(data_dir or default_data_dir())
         super().__init__(
-            batch_size,
-            num_workers,
-            val_size,
-            split_seed,
-            loader,
-            seed,
-            steps_per_batch,
-            augment_degrees,
-            augment_translate,
-            augment_scale,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_size=val_size,
+            split_seed=split_seed,
+            loader=loader,
+            seed=seed,
+            steps_per_batch=steps_per_batch,
+            augment_degrees=augment_degrees,
+            augment_translate=augment_translate,
+            augment_scale=augment_scale,
         )
         self.data_dir = data_dir
         self.download = download

@@ -107,16 +107,16 @@ class ImageFolderDataModule(TensorDataModule):
         ):
             raise ConfigError("test_size", f"must be a count >= 1 or a fraction in (0, 1), got {test_size}")
         super().__init__(
-            batch_size,
-            num_workers,
-            val_size,
-            split_seed,
-            loader,
-            seed,
-            steps_per_batch,
-            augment_degrees,
-            augment_translate,
-            augment_scale,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_size=val_size,
+            split_seed=split_seed,
+            loader=loader,
+            seed=seed,
+            steps_per_batch=steps_per_batch,
+            augment_degrees=augment_degrees,
+            augment_translate=augment_translate,
+            augment_scale=augment_scale,
         )
         self.data_dir = str(data_dir or default_data_dir())
         self.image_size = image_size
