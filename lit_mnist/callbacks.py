@@ -450,7 +450,8 @@ class EpochSpeed(L.Callback):
             "perf/train_samples_per_s": self._samples * trainer.world_size / train_time,
         }
         for name, value in metrics.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True)
+            # each rank timed its own epoch: the mean over the ranks (one small all-reduce an epoch)
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
         self._start = None
 
 

@@ -196,10 +196,13 @@ def csv_logger(log_dir: str | Path, version: int | None) -> StepCSVLogger:
     path = Path(logger.log_dir) / "metrics.csv"
     kept = path.with_name("metrics.csv.resumed")
     rows = []
-    if path.is_file():
-        with open(path, newline="") as file:
-            rows = list(csv.DictReader(file))
+    if path.is_file() and not kept.is_file():
         os.replace(path, kept)
+    # else a resume killed while it wrote the rows again (before training): the file moved aside is
+    # the whole history, and metrics.csv at most a part of it
+    if kept.is_file():
+        with open(kept, newline="") as file:
+            rows = list(csv.DictReader(file))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         logger.experiment  # noqa: B018  (the writer starts now, before anything else writes into the folder)

@@ -336,7 +336,8 @@ class MNISTClassifier(L.LightningModule):
         # this process: a run resumed from a checkpoint saved after the epoch's last batch.
         for name, metric in self.train_metrics.items():
             if metric.update_count > 0:
-                self.log(name, metric.compute())
+                # already reduced over the ranks: sync_dist only says so (no warning under DDP)
+                self.log(name, metric.compute(), sync_dist=True)
         self.train_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

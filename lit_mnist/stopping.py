@@ -8,6 +8,16 @@ batches seen. Ctrl-C, left alone, raises ``KeyboardInterrupt`` wherever the proc
 the first Ctrl-C behave like SIGTERM, by sending the process a SIGTERM that Lightning's own handler
 takes; a second Ctrl-C, before the batch ended or while the stop's checkpoint is written, aborts at
 once with :class:`~lit_mnist.errors.Aborted` (status 130), leaving that checkpoint unwritten.
+
+Under DDP (several processes) a signal must stop every rank at the same step. Lightning's SIGTERM
+handler runs a collective (a broadcast) inside the signal handler, on whichever ranks the signal
+reached, at whatever point each was: ranks that got it at different points (or only rank 0) wait in
+mismatched collectives for ever. So with several processes :class:`GracefulInterrupt` takes SIGTERM
+and Ctrl-C itself and only notes them; at the end of every training batch all ranks agree (one
+all-reduce of a small integer) whether any of them was signalled, and if so every rank calls
+Lightning's own SIGTERM handler there, at the same step. Lightning then stops after that batch as it
+always does (the checkpoint callbacks save, rank 0 writes ``last.ckpt``). A signal during the sanity
+check or the final test is agreed on at their end (at their start for the test) and stops them.
 """
 
 from __future__ import annotations
@@ -15,11 +25,13 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -37,12 +49,34 @@ class GracefulInterrupt(L.Callback):
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: Any = None
+        self._previous_sigterm: Any = None
         self._stopping = False
         self._notice = "stopping after this batch"
+        self._distributed = False
+        self._rank = 0
+        self._lightning_sigterm: Callable[[int, FrameType | None], Any] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._notice = "stopping after this batch and saving a checkpoint"
         self._install(trainer)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_sigterm()
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._distributed and self._agree(trainer):
+            raise SIGTERMException  # before training: nothing to save (LastCheckpoint)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_sigterm()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._distributed and self._agree(trainer) and self._lightning_sigterm is not None:
+            # Every rank, at this same step: Lightning's own handler (its broadcast now has every rank
+            # in it) marks the stop, and Lightning ends training after this batch as for one process
+            self._lightning_sigterm(signal.SIGTERM, None)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The final test: Lightning's SIGTERM handler stops it after the batch in flight too
@@ -50,21 +84,56 @@ class GracefulInterrupt(L.Callback):
         self._install(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Several processes: ranks test unequal numbers of batches, so they agree here, at the end
+        if self._distributed and self._agree(trainer):
+            raise SIGTERMException
         self._restore()
 
     def _install(self, trainer: L.Trainer) -> None:
         self.signal_name = None
         self._stopping = False
-        if trainer.world_size > 1:
-            # Every process gets the terminal's Ctrl-C; a stop that several processes start at once
-            # is not one Lightning's SIGTERM path handles. Ctrl-C interrupts as usual there.
-            return
+        self._distributed = trainer.world_size > 1
+        self._rank = trainer.global_rank
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C as it is
-            self._previous = None
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C (and SIGTERM) as they are
+            self._distributed = False
+            return
+        if previous != self._handle:  # bound methods compare equal, not identical
+            self._previous = previous
+        if self._distributed:
+            # Lightning composes its own handler with this one when the stage starts, and restores
+            # this one when the stage ends (the stage's own is taken over in _take_sigterm)
+            previous = signal.signal(signal.SIGTERM, self._handle)
+            if previous != self._handle:
+                self._previous_sigterm = previous
+
+    def _take_sigterm(self) -> None:
+        """While a stage runs, SIGTERM is only noted (ranks agree at a batch's end), not Lightning's at once."""
+        if not self._distributed:
+            return
+        handler = signal.signal(signal.SIGTERM, self._handle)
+        if handler != self._handle and callable(handler):
+            self._lightning_sigterm = handler
+
+    def _agree(self, trainer: L.Trainer) -> bool:
+        """Whether any rank was signalled (a collective: every rank calls it at the same point)."""
+        code = {None: 0, "SIGTERM": 1, "SIGINT": 2}[self.signal_name]
+        flag = torch.tensor([code], device=trainer.strategy.root_device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # one collective
+        else:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        agreed = int(flag.item())
+        if agreed and self.signal_name is None:  # another rank was signalled: report it the same way
+            self.signal_name = "SIGINT" if agreed == 2 else "SIGTERM"
+        return agreed > 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._distributed and self._agree(trainer):
+            # It came after the last training batch (in the last validation): training is complete,
+            # and the checkpoint saved on this stop is its end; what follows (a test) does not run
+            raise SIGTERMException
         self._restore()
 
     def on_exception(
@@ -86,8 +155,15 @@ class GracefulInterrupt(L.Callback):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        self._lightning_sigterm = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._distributed:
+            self._note(signum)
+            return
         if self.signal_name is not None or self._stopping:  # a second Ctrl-C, or one during the stop's save
             self._restore()
             raise Aborted
@@ -103,6 +179,20 @@ class GracefulInterrupt(L.Callback):
             f"\nCtrl-C: {self._notice} (Ctrl-C again to abort).",
             file=sys.stderr,
         )
+
+    def _note(self, signum: int) -> None:
+        """Several processes: note the signal; the ranks stop together where they next agree."""
+        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        if self.signal_name is None and not self._stopping:
+            self.signal_name = name
+            if self._rank == 0:
+                what = "Ctrl-C" if name == "SIGINT" else "SIGTERM"
+                print(f"\n{what}: {self._notice}, on every process (Ctrl-C again to abort).", file=sys.stderr)
+            return
+        if name == "SIGINT":  # a second Ctrl-C, or one during the stop's save: abort now
+            self._restore()
+            raise Aborted
+        # a repeated SIGTERM (the launcher passing it on, or the scheduler again): already stopping
 
 
 class NonFiniteLossGuard(L.Callback):

@@ -1,5 +1,6 @@
 """The command line: every invalid input exits 2 with one line; config files; help."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,24 @@ def test_invalid_flags_exit_2_with_one_line(
     argv: list[str], expected: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert expected in _usage_error([*argv, "--log-dir", str(tmp_path)], capsys)
+
+
+def test_num_nodes_without_a_multi_machine_launcher(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--num-nodes 2 started by hand on one machine waited for ever for the other machine's processes."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "LSB_", "TORCHELASTIC_", "OMPI_", "PMI_")) or name in (
+            "MASTER_ADDR", "NODE_RANK", "RANK", "GROUP_RANK", "LOCAL_RANK", "WORLD_SIZE"
+        ):  # fmt: skip
+            monkeypatch.delenv(name)
+    line = _usage_error(["--num-nodes", "2", "--log-dir", str(tmp_path)], capsys)
+    assert "--num-nodes 2 joins processes on 2 machines, and this process was not started by torchrun" in line
+    assert "leave --num-nodes at 1 on one machine" in line
+    # by hand, the way Lightning documents it: MASTER_ADDR and NODE_RANK on each machine
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert parse_args(["--num-nodes", "2", "--log-dir", str(tmp_path)]).num_nodes == 2
 
 
 def test_gpu_on_a_machine_without_one(

@@ -463,7 +463,17 @@ def test_a_new_run_holds_its_folder_while_it_trains(run_args: list[str], tmp_pat
                 refused.append(str(err))
 
     cfg = parse_args(
-        [*run_args, "--max-epochs", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--log-every-n-steps", "1"]
+        [
+            *run_args,
+            "--max-epochs",
+            "1",
+            "--limit-train-batches",
+            "2",
+            "--limit-val-batches",
+            "1",
+            "--log-every-n-steps",
+            "1",
+        ]
     )
     train(cfg, callbacks=[TryTheLock()])
     assert len(refused) == 1 and f"process {os.getpid()}" in refused[0]

@@ -301,3 +301,26 @@ def test_wandb_online_without_a_key_is_refused_at_start(
     (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
     (tmp_path / "netrc").chmod(0o600)
     assert wandb_api_key_configured()  # what wandb login writes counts
+
+
+def test_a_resume_killed_while_it_rewrote_metrics_csv_loses_no_rows(tmp_path: Path) -> None:
+    """A resume moves metrics.csv aside and writes its rows again; killed in between, the next resume
+    takes them from the file moved aside (metrics.csv.resumed), not from the partial metrics.csv."""
+    from lit_mnist.loggers import csv_logger
+
+    run = tmp_path / "version_0"
+    run.mkdir()
+    rows = [{"epoch": "0", "step": "15", "val/acc": "0.5"}, {"epoch": "1", "step": "31", "val/acc": "0.75"}]
+    with open(run / "metrics.csv.resumed", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["epoch", "step", "val/acc"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "metrics.csv").write_text("epoch,step,val/acc\n0,15,")  # cut short by the kill
+    csv_logger(tmp_path, 0)
+    assert not (run / "metrics.csv.resumed").exists()
+    with open(run / "metrics.csv", newline="") as file:
+        again = list(csv.DictReader(file))
+    assert [(r["epoch"], r["step"], float(r["val/acc"])) for r in again] == [
+        ("0", "15", 0.5),
+        ("1", "31", 0.75),
+    ]

@@ -50,16 +50,167 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedP
 
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_two_process_ddp_on_cpu(strategy: str, run_args: list[str], tiny_data: Path, tmp_path: Path) -> None:
-    result = _run([sys.executable, TRAIN, *run_args, "--devices", "2", "--strategy", strategy], tmp_path)
+    profiler = ["--profiler", "simple"] if strategy == "ddp" else []  # a report per process, all named
+    result = _run(
+        [sys.executable, TRAIN, *run_args, "--devices", "2", "--strategy", strategy, *profiler], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "logs").iterdir())
     assert [r.name for r in runs] == ["version_0"]  # exactly one set of logs and checkpoints
+    if profiler:
+        reports = [runs[0] / "fit-profile-0.txt", runs[0] / "fit-profile-1.txt"]
+        assert all("run_training_epoch" in report.read_text() for report in reports)
+        assert f"Profile:         {reports[0]}, {reports[1]}" in result.stdout
     assert result.stdout.count("Test accuracy:") == 1  # one summary, from rank 0
     results = json.loads((runs[0] / "results.json").read_text())
     # the metric synchronised over both ranks equals one process evaluating the whole test set
     assert results["test_acc"] == pytest.approx(
         _single_process_test_acc(results["best_checkpoint"], tiny_data)
     )
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("target", "signum"),
+    [
+        ("process group", signal.SIGTERM),
+        ("launching process", signal.SIGTERM),
+        ("process group", signal.SIGINT),
+    ],
+    ids=["SIGTERM-group", "SIGTERM-rank0", "Ctrl-C-group"],
+)
+def test_signal_stops_every_ddp_rank_at_one_step(
+    target: str, signum: int, run_args: list[str], tmp_path: Path
+) -> None:
+    """SIGTERM to a 2-process DDP run, to its whole process group (as SLURM sends it) or to the launching
+    process alone, or Ctrl-C (a terminal signals the whole group): both ranks stop at the same step, rank 0
+    writes last.ckpt, and the run exits 143 (130) within 60 s with nothing left running. (Lightning alone: a collective inside
+    its signal handler; one try in three hung for ever.) The resumed run ends with the straight run's
+    weights, which it can only do if the checkpoint holds the state of one step on every rank."""
+    ddp = ["--devices", "2", "--strategy", "ddp"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIT_MNIST_RUN", "RANK", "LOCAL_RANK"))}
+    split = tmp_path / "split"
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *run_args, *ddp, "--max-epochs", "500", "--log-dir", str(split)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,  # its own process group, as a batch job has
+    )
+    try:
+        last = split / "version_0" / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 120
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+        if target == "process group":
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        while _group_alive(proc.pid) and time.monotonic() - sent < 60:  # rank 1 ends too
+            time.sleep(0.1)
+        assert time.monotonic() - sent < 60
+        assert not _group_alive(proc.pid)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    name = signal.Signals(signum).name
+    assert err.count(f"train.py: {name} stopped training in epoch") == 1, err[-3000:]  # rank 0 reports
+    stopped = torch.load(last, map_location="cpu", weights_only=True)
+    assert 0 < stopped["global_step"] < 500 * 8
+    assert f"after step {stopped['global_step']}; saved {last}" in err
+    if (target, signum) != ("process group", signal.SIGTERM):
+        return  # the resume is checked once (below)
+
+    epochs = stopped["epoch"] + 2  # past the stop, mid-epoch (max_epochs shapes no schedule here)
+    resumed = _run(
+        [
+            sys.executable,
+            TRAIN,
+            *run_args,
+            *ddp,
+            "--max-epochs",
+            str(epochs),
+            "--log-dir",
+            str(split),
+            "--ckpt-path",
+            "last",
+        ],
+        tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = _run(
+        [
+            sys.executable,
+            TRAIN,
+            *run_args,
+            *ddp,
+            "--max-epochs",
+            str(epochs),
+            "--log-dir",
+            str(tmp_path / "straight"),
+        ],
+        tmp_path,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    _assert_same_weights(tmp_path / "straight" / "version_0", split / "version_0")
+
+
+DRIVER = """
+import os, signal, sys
+from lit_mnist.cli.train import main
+from lit_mnist.stopping import GracefulInterrupt
+
+STAGE = os.environ["STOP_IN"]
+
+
+def signal_rank_0(self, trainer, *args):
+    if trainer.global_rank == 0 and (STAGE == "test" or trainer.sanity_checking):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+hook = "on_test_batch_end" if STAGE == "test" else "on_validation_batch_end"
+setattr(GracefulInterrupt, hook, signal_rank_0)
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("stage", ["sanity check", "test"])
+def test_sigterm_outside_training_under_ddp(stage: str, run_args: list[str], tmp_path: Path) -> None:
+    """SIGTERM to rank 0 of a 2-process DDP run in the sanity check (nothing saved yet) or the final test
+    (training saved): both ranks stop there, the message says what was stopped, exit 143, no results."""
+    driver = tmp_path / "driver.py"  # Lightning's DDP launcher starts rank 1 with the same script
+    driver.write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIT_MNIST_RUN", "RANK", "LOCAL_RANK"))}
+    result = subprocess.run(
+        [sys.executable, str(driver), *run_args, "--devices", "2", "--strategy", "ddp"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**env, "STOP_IN": stage},
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    run = tmp_path / "logs" / "version_0"
+    assert not (run / "results.json").exists()
+    if stage == "test":
+        assert "train.py: SIGTERM stopped the final test; training had finished (2 epochs" in result.stderr
+        assert "Test it with: python scripts/evaluate.py --ckpt-path" in result.stderr
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    else:
+        assert (
+            "train.py: SIGTERM stopped the run before training started (in the sanity check)" in result.stderr
+        )
+        assert not (run / "checkpoints" / "last.ckpt").exists()
 
 
 def test_torchrun_launch_as_in_the_readme(run_args: list[str], tiny_data: Path, tmp_path: Path) -> None:

@@ -27,6 +27,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
     EarlyStopping,
@@ -464,6 +470,13 @@ def check_config(cfg: Namespace) -> None:
                 f"{flag} runs Lightning's learning-rate finder in one process; run it with --devices 1 and "
                 "give the multi-device run the rate it finds (--lr)"
             )
+    if cfg.num_nodes > 1 and not launched_across_machines():
+        raise UsageError(
+            f"--num-nodes {cfg.num_nodes} joins processes on {cfg.num_nodes} machines, and this process was not "
+            "started by torchrun, srun (SLURM), LSF or MPI, nor given MASTER_ADDR and NODE_RANK: it "
+            "would wait for the others for ever; start it on each machine as the README's 'Several devices and "
+            "nodes' shows, or leave --num-nodes at 1 on one machine"
+        )
     check_accelerator(cfg.accelerator)
     check_installed(cfg.logger)
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
@@ -474,6 +487,18 @@ def check_config(cfg: Namespace) -> None:
         )
     if cfg.ckpt_path is not None and cfg.ckpt_path != "last" and not Path(cfg.ckpt_path).is_file():
         raise UsageError(f"--ckpt-path {cfg.ckpt_path}: no such file; give a .ckpt file or 'last'")
+
+
+def launched_across_machines() -> bool:
+    """Whether a launcher that can place processes on several machines started this one.
+
+    Lightning's cluster environments say it for torchrun, SLURM, LSF and MPI; by hand (the way
+    Lightning documents) or under Kubeflow, MASTER_ADDR is set with NODE_RANK or RANK on each machine.
+    """
+    environments = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+    if any(environment.detect() for environment in environments):
+        return True
+    return "MASTER_ADDR" in os.environ and ("NODE_RANK" in os.environ or "RANK" in os.environ)
 
 
 def parse_devices(value: str | int) -> int | str | list[int]:
@@ -1142,9 +1167,10 @@ def logger_lines(results: dict[str, Any], cfg: Namespace) -> list[tuple[str, str
         offline = sorted((run_dir / "wandb").glob("offline-run-*"))
         lines.append(("W&B", f"wandb sync {offline[-1]}" if offline else "the run's page on wandb.ai"))
     if cfg.profiler is not None:
-        report = run_dir / "fit-profile.txt"
+        # one report per process under DDP (Lightning names them fit-profile-RANK.txt)
+        reports = sorted(run_dir.glob("fit-profile*.txt")) or [run_dir / "fit-profile.txt"]
         trace = "; trace for TensorBoard's profiler plugin in profiler/" if cfg.profiler == "pytorch" else ""
-        lines.append(("Profile", f"{report}{trace}"))
+        lines.append(("Profile", ", ".join(map(str, reports)) + trace))
     return lines
 
 
