@@ -94,9 +94,11 @@ class Interrupted(Exception):
             signal came before training started, or during the final test, after training ended).
         epoch: The epoch the run stopped in.
         step: The optimizer steps taken.
-        stage: ``"training"``, ``"sanity check"`` (before training started) or ``"test"`` (the final
-            test, after training ended).
+        stage: ``"training"``, ``"sanity check"`` (before training started), ``"test"`` (the final
+            test, after training ended) or ``"finished"`` (the signal came as the final test ended,
+            under DDP, where the processes agree at its end: training and test are done and written).
         best: During the final test: the checkpoint it was testing.
+        results: When ``"finished"``: the results file written.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Interrupted(Exception):
         step: int,
         stage: str = "training",
         best: object = None,
+        results: object = None,
     ) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
@@ -115,6 +118,7 @@ class Interrupted(Exception):
         self.step = step
         self.stage = stage
         self.best = best
+        self.results = results
 
     @property
     def exit_status(self) -> int:

@@ -17,7 +17,11 @@ and Ctrl-C itself and only notes them; at the end of every training batch all ra
 all-reduce of a small integer) whether any of them was signalled, and if so every rank calls
 Lightning's own SIGTERM handler there, at the same step. Lightning then stops after that batch as it
 always does (the checkpoint callbacks save, rank 0 writes ``last.ckpt``). A signal during the sanity
-check or the final test is agreed on at their end (at their start for the test) and stops them.
+check is agreed on at its end and stops the run there; one during the final test at the test's end
+(ranks test unequal numbers of batches): the finished test is kept, and :attr:`signal_name` says that
+a signal came. Not covered: the moments between Lightning installing its handler for a stage and the
+stage's first hook (its start-up barrier), and between fit and test, where SIGTERM is the default
+(the process ends); and ``ddp_spawn``, whose launching process is not a rank.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class GracefulInterrupt(L.Callback):
     While a stop's checkpoint is written (``on_exception`` of a SIGTERM stop) Ctrl-C still aborts, so the
     handler stays installed after that exception: call :meth:`restore` once ``fit`` or ``test`` has
     returned or raised (``train`` does).
+
+    With several processes (DDP) it takes SIGTERM too and stops every rank at the same step: see the
+    module's docstring.
     """
 
     def __init__(self) -> None:
@@ -73,7 +80,9 @@ class GracefulInterrupt(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._distributed and self._agree(trainer) and self._lightning_sigterm is not None:
+        if self._distributed and self._agree(trainer):
+            if self._lightning_sigterm is None:  # Lightning registered none (it does not on Windows)
+                raise SIGTERMException
             # Every rank, at this same step: Lightning's own handler (its broadcast now has every rank
             # in it) marks the stop, and Lightning ends training after this batch as for one process
             self._lightning_sigterm(signal.SIGTERM, None)
@@ -84,9 +93,10 @@ class GracefulInterrupt(L.Callback):
         self._install(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Several processes: ranks test unequal numbers of batches, so they agree here, at the end
-        if self._distributed and self._agree(trainer):
-            raise SIGTERMException
+        # Several processes: ranks test unequal numbers of batches, so they agree here, at the end, when
+        # the test has finished: it is kept, and signal_name says a signal came (train exits 143/130)
+        if self._distributed:
+            self._agree(trainer)
         self._restore()
 
     def _install(self, trainer: L.Trainer) -> None:
@@ -99,13 +109,15 @@ class GracefulInterrupt(L.Callback):
         except ValueError:  # not the main thread: leave Ctrl-C (and SIGTERM) as they are
             self._distributed = False
             return
-        if previous != self._handle:  # bound methods compare equal, not identical
+        # The handlers from before the first stage are kept until restore(): Lightning puts back the
+        # ones it found at each stage's start (this one's, after fit), and a test's start finds its own
+        if previous != self._handle and self._previous is None:  # bound methods compare equal, not identical
             self._previous = previous
         if self._distributed:
             # Lightning composes its own handler with this one when the stage starts, and restores
             # this one when the stage ends (the stage's own is taken over in _take_sigterm)
             previous = signal.signal(signal.SIGTERM, self._handle)
-            if previous != self._handle:
+            if previous != self._handle and self._previous_sigterm is None:
                 self._previous_sigterm = previous
 
     def _take_sigterm(self) -> None:
@@ -125,7 +137,7 @@ class GracefulInterrupt(L.Callback):
         else:
             flag = trainer.strategy.reduce(flag, reduce_op="max")
         agreed = int(flag.item())
-        if agreed and self.signal_name is None:  # another rank was signalled: report it the same way
+        if agreed:  # every rank reports the same signal (Ctrl-C before SIGTERM), signalled or not
             self.signal_name = "SIGINT" if agreed == 2 else "SIGTERM"
         return agreed > 0
 
@@ -147,17 +159,20 @@ class GracefulInterrupt(L.Callback):
         self._restore()
 
     def restore(self) -> None:
-        """Give Ctrl-C back the handler it had before ``fit`` or ``test`` started (if this one is installed)."""
+        """Give Ctrl-C (and SIGTERM) back the handlers they had before ``fit`` or ``test`` started.
+
+        Call it once the trainer's calls are over (``train`` does, in a ``finally``): after an exception
+        Lightning's teardown puts this callback's handlers back after its own hooks ran.
+        """
         self._restore()
+        self._previous = self._previous_sigterm = None
 
     def _restore(self) -> None:
         self._stopping = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
         self._lightning_sigterm = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

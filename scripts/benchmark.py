@@ -185,6 +185,12 @@ def get_parser() -> argparse.ArgumentParser:
         default="classic,mlp-best,cnn-fast,cnn-best",
         help="Comma-separated recipes for --time-to-accuracy (python scripts/train.py --recipe list).",
     )
+    parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="With --time-to-accuracy: also run each recipe's train.py with --compile (torch.compile of the "
+        "network), its compile time shown apart (the first epoch's extra time, less the same without --compile).",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -196,6 +202,12 @@ def main(args: argparse.Namespace) -> int:
         cases = _check_args(args)
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    if args.with_compile and not args.time_to_accuracy:
+        print(
+            f"{prog}: error: --with-compile adds rows to --time-to-accuracy's table; give both",
+            file=sys.stderr,
+        )
         return 2
     if args.time_to_accuracy:
         from lit_mnist.recipes import RECIPES
@@ -211,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
         import time_to_accuracy
 
         try:
-            return time_to_accuracy.run(recipes, args.data_dir, args.repeats, args.json)
+            return time_to_accuracy.run(recipes, args.data_dir, args.repeats, args.json, args.with_compile)
         except RuntimeError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
             return 1

@@ -180,19 +180,64 @@ def _child(cmd: list[str], cwd: str, timeout: float) -> tuple[float, dict[str, A
     return wall, json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(recipes: list[str], data_dir: str, repeats: int, json_path: str | None, timeout: float = 3600) -> int:
-    """Run the table's processes ``repeats`` times in turn; print the table; write the JSON. Returns 0."""
+def _first_epoch_extra(run_dir: Path) -> float | None:
+    """How much longer a run's first epoch took than the median of the others (``perf/epoch_time_s``)."""
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as file:
+            epochs = [
+                float(r["perf/epoch_time_s"]) for r in csv.DictReader(file) if r.get("perf/epoch_time_s")
+            ]
+    except OSError:
+        return None
+    return epochs[0] - statistics.median(epochs[1:]) if len(epochs) > 1 else None
+
+
+def _compile_seconds(compiled: Path, plain: Path) -> float | None:
+    """A ``--compile`` run's compile time: its first epoch's extra time less the same run's without it."""
+    extra, warm_up = _first_epoch_extra(compiled), _first_epoch_extra(plain)
+    return extra - warm_up if extra is not None and warm_up is not None else None
+
+
+def run(
+    recipes: list[str],
+    data_dir: str,
+    repeats: int,
+    json_path: str | None,
+    with_compile: bool = False,
+    timeout: float = 3600,
+) -> int:
+    """Run the table's processes ``repeats`` times in turn; print the table; write the JSON. Returns 0.
+
+    ``with_compile``: each recipe's train.py also with ``--compile``, its compile time apart.
+    """
     from lit_mnist.cli.train import parse_args  # the parent only: the children are timed
 
     here = str(Path(__file__).resolve())
     data_dir = str(Path(data_dir).resolve())  # the processes run in a temporary folder
     rows: dict[str, dict[str, list[Any]]] = {}
 
+    compile_s: dict[str, list[float]] = {}
+
     def add(key: str, wall: float, payload: dict[str, Any]) -> None:
         row = rows.setdefault(key, {"wall_s": [], "test_acc": [], "train_s": []})
         row["wall_s"].append(wall)
         row["test_acc"].append(payload["test_acc"])
         row["train_s"].append(payload.get("train_s"))
+
+    def train_py(name: str, logs: Path, extra: list[str]) -> tuple[float, dict[str, Any]]:
+        wall, result = _timed(
+            [sys.executable, str(ROOT / "scripts" / "train.py"), "--recipe", name, "--data-dir", data_dir,
+             "--log-dir", str(logs), "--no-progress-bar", *extra],
+            tmp,
+            timeout,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"train.py --recipe {name} {' '.join(extra)} exited {result.returncode}: {result.stderr[-500:]}"
+            )
+        return wall, json.loads((logs / "version_0" / "results.json").read_text())
 
     with tempfile.TemporaryDirectory(prefix="lit_mnist_tta_") as tmp:
         for repeat in range(repeats):
@@ -207,22 +252,16 @@ def run(recipes: list[str], data_dir: str, repeats: int, json_path: str | None, 
                     file=sys.stderr,
                     flush=True,
                 )
-                logs = Path(tmp) / f"{name}-{repeat}"
-                wall, result = _timed(
-                    [sys.executable, str(ROOT / "scripts" / "train.py"), "--recipe", name, "--data-dir", data_dir,
-                     "--log-dir", str(logs), "--no-progress-bar"],
-                    tmp,
-                    timeout,
-                )  # fmt: skip
-                if result.returncode != 0:
-                    raise RuntimeError(
-                        f"train.py --recipe {name} exited {result.returncode}: {result.stderr[-500:]}"
-                    )
-                add(
-                    f"{name}: lit_mnist train.py",
-                    wall,
-                    json.loads((logs / "version_0" / "results.json").read_text()),
-                )
+                plain_logs = Path(tmp) / f"{name}-{repeat}"
+                wall, results = train_py(name, plain_logs, [])
+                add(f"{name}: lit_mnist train.py", wall, results)
+                if with_compile:
+                    logs = Path(tmp) / f"{name}-compile-{repeat}"
+                    wall, results = train_py(name, logs, ["--compile"])
+                    add(f"{name}: lit_mnist train.py --compile", wall, results)
+                    seconds = _compile_seconds(logs / "version_0", plain_logs / "version_0")
+                    if seconds is not None:
+                        compile_s.setdefault(name, []).append(seconds)
                 wall, payload = _child(
                     [sys.executable, here, "--plain", json.dumps(cfg), data_dir], tmp, timeout
                 )
@@ -246,8 +285,16 @@ def run(recipes: list[str], data_dir: str, repeats: int, json_path: str | None, 
     for name in recipes:
         ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
         print(f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}")
+        if with_compile:
+            compiled = table[f"{name}: lit_mnist train.py --compile"]
+            shown = f"{statistics.median(compile_s[name]):.1f} s" if name in compile_s else "- (one epoch)"
+            print(
+                f"{name}: --compile / without wall time {compiled['wall_s'] / ours['wall_s']:.2f}; "
+                f"compile time {shown} (first epoch's extra time over the median epoch, less the same without)"
+            )
     if json_path:
-        Path(json_path).write_text(json.dumps({"repeats": repeats, "table": table}, indent=2) + "\n")
+        report = {"repeats": repeats, "table": table, "compile_s": compile_s}
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -8,8 +8,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,28 +477,46 @@ def test_output_under_a_file_is_one_line_before_the_work(
     assert notes.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("command", list(_OUTPUTS))
-def test_output_into_a_read_only_folder_is_one_line(
-    command: str, trained: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder this process cannot write: mode 0o555, or for root (who may write there anyway)
+    a read-only tmpfs mounted on it; skips where neither is possible."""
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o555)
+    mounted = False
     try:
         if os.access(folder, os.W_OK):
-            pytest.skip("this user (root) can write into a 0o555 folder")
-        flag, name, _ = _OUTPUTS[command]
-        with pytest.raises(SystemExit) as info:
-            COMMANDS[command](_command_args(command, trained, folder / name, tmp_path))
-        assert info.value.code == 2
-        line = _one_line_error(capsys.readouterr().err, f"{command}.py")
-        assert line == (
-            f"{command}.py: error: {flag} {folder / name}: cannot write into the folder {folder} (read-only, "
-            "or no permission); give a path in a folder you can write"
-        )
-        assert list(folder.iterdir()) == []
+            mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]
+            if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
+                pytest.skip(
+                    "this user (root) can write into a 0o555 folder and cannot mount a read-only tmpfs"
+                )
+            mounted = True
+        yield folder
     finally:
-        folder.chmod(0o755)
+        try:
+            if mounted:
+                subprocess.run(["umount", str(folder)], check=True)
+        finally:
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", list(_OUTPUTS))
+def test_output_into_a_read_only_folder_is_one_line(
+    command: str, trained: Run, read_only_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = read_only_folder
+    flag, name, _ = _OUTPUTS[command]
+    with pytest.raises(SystemExit) as info:
+        COMMANDS[command](_command_args(command, trained, folder / name, tmp_path))
+    assert info.value.code == 2
+    line = _one_line_error(capsys.readouterr().err, f"{command}.py")
+    assert line == (
+        f"{command}.py: error: {flag} {folder / name}: cannot write into the folder {folder} (read-only, "
+        "or no permission); give a path in a folder you can write"
+    )
+    assert list(folder.iterdir()) == []
 
 
 def test_predictions_that_cannot_be_written_go_to_stdout(

@@ -70,11 +70,16 @@ def test_two_process_ddp_on_cpu(strategy: str, run_args: list[str], tiny_data: P
 
 
 def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of the group still runs (a zombie no one reaped, e.g. under a container's PID 1
+    that does not reap orphans, does not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):  # ended meanwhile
+            continue
+        if int(process_group) == group and state != "Z":
+            return True
+    return False
 
 
 @pytest.mark.parametrize(
@@ -190,8 +195,9 @@ sys.exit(main())
 
 @pytest.mark.parametrize("stage", ["sanity check", "test"])
 def test_sigterm_outside_training_under_ddp(stage: str, run_args: list[str], tmp_path: Path) -> None:
-    """SIGTERM to rank 0 of a 2-process DDP run in the sanity check (nothing saved yet) or the final test
-    (training saved): both ranks stop there, the message says what was stopped, exit 143, no results."""
+    """SIGTERM to rank 0 of a 2-process DDP run in the sanity check: both ranks stop at its end, nothing
+    saved, exit 143. In the final test: the ranks (unequal numbers of test batches) agree at its end, so
+    the finished test is kept: results.json is written, the message says so, exit 143."""
     driver = tmp_path / "driver.py"  # Lightning's DDP launcher starts rank 1 with the same script
     driver.write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIT_MNIST_RUN", "RANK", "LOCAL_RANK"))}
@@ -201,16 +207,18 @@ def test_sigterm_outside_training_under_ddp(stage: str, run_args: list[str], tmp
     )  # fmt: skip
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     run = tmp_path / "logs" / "version_0"
-    assert not (run / "results.json").exists()
     if stage == "test":
-        assert "train.py: SIGTERM stopped the final test; training had finished (2 epochs" in result.stderr
-        assert "Test it with: python scripts/evaluate.py --ckpt-path" in result.stderr
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+        assert (
+            "train.py: SIGTERM came as the final test ended; training (2 epochs, step 16) and the test had "
+            f"finished; the results are in {run / 'results.json'}"
+        ) in result.stderr
+        assert json.loads((run / "results.json").read_text())["test_acc"] > 0
     else:
         assert (
             "train.py: SIGTERM stopped the run before training started (in the sanity check)" in result.stderr
         )
         assert not (run / "checkpoints" / "last.ckpt").exists()
+        assert not (run / "results.json").exists()
 
 
 def test_torchrun_launch_as_in_the_readme(run_args: list[str], tiny_data: Path, tmp_path: Path) -> None:

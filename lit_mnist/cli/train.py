@@ -473,7 +473,7 @@ def check_config(cfg: Namespace) -> None:
     if cfg.num_nodes > 1 and not launched_across_machines():
         raise UsageError(
             f"--num-nodes {cfg.num_nodes} joins processes on {cfg.num_nodes} machines, and this process was not "
-            "started by torchrun, srun (SLURM), LSF or MPI, nor given MASTER_ADDR and NODE_RANK: it "
+            "started by torchrun, srun (SLURM), LSF or MPI, nor given NODE_RANK (and MASTER_ADDR): it "
             "would wait for the others for ever; start it on each machine as the README's 'Several devices and "
             "nodes' shows, or leave --num-nodes at 1 on one machine"
         )
@@ -493,12 +493,13 @@ def launched_across_machines() -> bool:
     """Whether a launcher that can place processes on several machines started this one.
 
     Lightning's cluster environments say it for torchrun, SLURM, LSF and MPI; by hand (the way
-    Lightning documents) or under Kubeflow, MASTER_ADDR is set with NODE_RANK or RANK on each machine.
+    Lightning documents) NODE_RANK is set on each machine (with MASTER_ADDR but on node 0); Kubeflow
+    sets MASTER_ADDR and RANK.
     """
     environments = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
     if any(environment.detect() for environment in environments):
         return True
-    return "MASTER_ADDR" in os.environ and ("NODE_RANK" in os.environ or "RANK" in os.environ)
+    return "NODE_RANK" in os.environ or ("MASTER_ADDR" in os.environ and "RANK" in os.environ)
 
 
 def parse_devices(value: str | int) -> int | str | list[int]:
@@ -980,6 +981,13 @@ def train(
                 record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
             except Exception as err:
                 print(f"warning: the loggers did not take the results: {first_line(err)}", file=sys.stderr)
+        graceful = [cb for cb in callbacks_now if isinstance(cb, GracefulInterrupt)]
+        if graceful and graceful[0].signal_name is not None:  # it came as the test ended: all is written
+            finished = True
+            raise Interrupted(
+                graceful[0].signal_name, None, trainer.current_epoch, trainer.global_step, stage="finished",
+                best=best or None, results=run_dir / RESULTS_NAME if version is not None else None,
+            )  # fmt: skip
         finished = True
         return results
     finally:
@@ -1167,8 +1175,14 @@ def logger_lines(results: dict[str, Any], cfg: Namespace) -> list[tuple[str, str
         offline = sorted((run_dir / "wandb").glob("offline-run-*"))
         lines.append(("W&B", f"wandb sync {offline[-1]}" if offline else "the run's page on wandb.ai"))
     if cfg.profiler is not None:
-        # one report per process under DDP (Lightning names them fit-profile-RANK.txt)
-        reports = sorted(run_dir.glob("fit-profile*.txt")) or [run_dir / "fit-profile.txt"]
+        # one report per process of this machine under DDP (Lightning names them by local rank)
+        processes = world_size(cfg)
+        if processes is None:  # --devices -1 on the CPU: whatever this run wrote
+            reports = sorted(run_dir.glob("fit-profile*.txt")) or [run_dir / "fit-profile.txt"]
+        elif processes > 1:
+            reports = [run_dir / f"fit-profile-{rank}.txt" for rank in range(processes // cfg.num_nodes)]
+        else:
+            reports = [run_dir / "fit-profile.txt"]
         trace = "; trace for TensorBoard's profiler plugin in profiler/" if cfg.profiler == "pytorch" else ""
         lines.append(("Profile", ", ".join(map(str, reports)) + trace))
     return lines
@@ -1208,6 +1222,12 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
 def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace) -> str:
     """What a signal stopped and what was saved (one line), then the command that goes on from there."""
     train_cmd = "python scripts/train.py"
+    if stop.stage == "finished":
+        written = f"; the results are in {stop.results}" if stop.results is not None else ""
+        return (
+            f"{prog}: {stop.signal_name} came as the final test ended; training ({stop.epoch} epochs, step "
+            f"{stop.step}) and the test had finished{written}"
+        )
     if stop.stage == "test":
         evaluate = ["--ckpt-path", str(stop.best), "--data-dir", str(cfg.data_dir), "--dataset", cfg.dataset]
         return (
