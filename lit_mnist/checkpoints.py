@@ -238,6 +238,12 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
                     f"run asks for {_shown(model.hparams.get(key))}; resume it with the flags it was started "
                     f"with (see its run's {CONFIG_NAME}: --config)"
                 )
+    if "optimizer_states" not in raw or "loops" not in raw:  # ModelCheckpoint(save_weights_only=True)
+        raise CheckpointError(
+            f"{path} holds the weights only (no optimizer state or training progress, as a checkpoint saved "
+            "with save_weights_only): it cannot resume training; resume from the run's last.ckpt, or use "
+            "it with evaluate.py, predict.py or export.py"
+        )
     if why := MNISTClassifier.resume_mismatch(raw, model.steps_per_batch):
         raise CheckpointError(f"{path} {why} (see its run's {CONFIG_NAME}: --config)")
     if (wrong := first_difference(model.state_dict(), raw["state_dict"])) is not None:

@@ -323,6 +323,25 @@ def test_resume_with_another_dataset_or_model_is_refused(
     assert _tree(logs) == before
 
 
+def test_resume_from_a_weights_only_checkpoint_is_refused(
+    trained: Path, run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint with the weights only (``ModelCheckpoint(save_weights_only=True)``: no optimizer state,
+    no loop progress) cannot resume: one line, exit 2 (it used to fail inside Lightning's restore)."""
+    full = torch.load(trained / "last.ckpt", weights_only=True)
+    weights_only = tmp_path / "weights.ckpt"
+    torch.save(
+        {k: v for k, v in full.items() if k not in ("optimizer_states", "lr_schedulers", "loops")},
+        weights_only,
+    )
+    line = _usage_error([*run_args, "--ckpt-path", str(weights_only)], capsys)
+    assert line == (
+        f"train.py: error: --ckpt-path {weights_only} holds the weights only (no optimizer state or training "
+        "progress, as a checkpoint saved with save_weights_only): it cannot resume training; resume from the "
+        "run's last.ckpt, or use it with evaluate.py, predict.py or export.py"
+    )
+
+
 def test_checkpoint_records_its_dataset(tiny_data: Path, tmp_path: Path) -> None:
     """A Fashion-MNIST checkpoint copied out of its run folder (no config.yaml beside it) still says what
     it is; evaluate, predict and export take the dataset from it, and refuse another --dataset."""
