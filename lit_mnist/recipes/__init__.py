@@ -35,19 +35,19 @@ RECIPES: dict[str, Recipe] = {
             "classic",
             "the PyTorch MNIST lesson: MLP 784-128-64-10, SGD 0.01 momentum 0.9, batch 64 (the default)",
             "the seed's 97.5%",
-            "97.52% in 42 s",
+            "97.52% in 24 s",
         ),
         Recipe(
             "mlp-best",
             "MLP 784-512-512-10 only, dropout, AdamW one-cycle, label smoothing, light augmentation, 10 epochs",
             ">= 98.5% in <= 20 epochs",
-            "98.90% in 99 s",
+            "98.90% in 58 s",
         ),
         Recipe(
             "cnn-fast",
             "the small CNN, Adam one-cycle, batch 128, 2 epochs: 99% in the least wall time",
             ">= 99.0%, least time",
-            "99.20% in 111 s",
+            "99.20% in 58 s",
         ),
         Recipe(
             "cnn-best",
