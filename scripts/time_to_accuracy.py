@@ -252,14 +252,14 @@ def run(
                     file=sys.stderr,
                     flush=True,
                 )
-                plain_logs = Path(tmp) / f"{name}-{repeat}"
-                wall, results = train_py(name, plain_logs, [])
+                base_logs = Path(tmp) / f"{name}-{repeat}"  # lit_mnist without --compile
+                wall, results = train_py(name, base_logs, [])
                 add(f"{name}: lit_mnist train.py", wall, results)
                 if with_compile:
                     logs = Path(tmp) / f"{name}-compile-{repeat}"
                     wall, results = train_py(name, logs, ["--compile"])
                     add(f"{name}: lit_mnist train.py --compile", wall, results)
-                    seconds = _compile_seconds(logs / "version_0", plain_logs / "version_0")
+                    seconds = _compile_seconds(logs / "version_0", base_logs / "version_0")
                     if seconds is not None:
                         compile_s.setdefault(name, []).append(seconds)
                 wall, payload = _child(

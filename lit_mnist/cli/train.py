@@ -981,20 +981,21 @@ def train(
                 record_results(trainer, {**datamodule.hparams, **model.hparams}, results)
             except Exception as err:
                 print(f"warning: the loggers did not take the results: {first_line(err)}", file=sys.stderr)
-        graceful = [cb for cb in callbacks_now if isinstance(cb, GracefulInterrupt)]
-        if graceful and graceful[0].signal_name is not None:  # it came as the test ended: all is written
+        graceful = _graceful(trainer)
+        if (
+            graceful is not None and graceful.signal_name is not None
+        ):  # it came as the test ended: all is written
             finished = True
             raise Interrupted(
-                graceful[0].signal_name, None, trainer.current_epoch, trainer.global_step, stage="finished",
+                graceful.signal_name, None, trainer.current_epoch, trainer.global_step, stage="finished",
                 best=best or None, results=run_dir / RESULTS_NAME if version is not None else None,
             )  # fmt: skip
         finished = True
         return results
     finally:
         if trainer is not None:  # a W&B run stays open in the process until it is finished
-            for callback in trainer.callbacks:  # type: ignore[attr-defined]
-                if isinstance(callback, GracefulInterrupt):  # Ctrl-C as it was before the run
-                    callback.restore()
+            if (graceful := _graceful(trainer)) is not None:  # Ctrl-C and SIGTERM as before the run
+                graceful.restore()
             finish_runs(trainer.loggers, finished)
         if owns_env:
             os.environ.pop(RUN_VERSION_ENV, None)
@@ -1099,9 +1100,15 @@ def _interrupted(trainer: L.Trainer, best: str | None = None, testing: bool = Fa
     )
 
 
+def _graceful(trainer: L.Trainer) -> GracefulInterrupt | None:
+    """The run's :class:`GracefulInterrupt`, which knows the signal that stopped it."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return next((cb for cb in callbacks if isinstance(cb, GracefulInterrupt)), None)
+
+
 def _stop_signal(trainer: L.Trainer) -> str:
-    graceful = [cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt)]  # type: ignore[attr-defined]
-    return graceful[0].signal_name or "SIGTERM" if graceful else "SIGTERM"
+    graceful = _graceful(trainer)
+    return (graceful.signal_name if graceful is not None else None) or "SIGTERM"
 
 
 def _make_trainer(cfg: Namespace, version: int | None, plan: StepGroupPlan) -> L.Trainer:
