@@ -33,7 +33,10 @@ CONFIG_NAME = "config.yaml"
 #: The checkpoint entry that records the dataset a model was trained on (:class:`DatasetRecord`).
 DATA_KEY = "lit_mnist_data"
 #: The module's hyperparameters that make a run what it is: resuming with another value is refused.
-RUN_DEFINING = ("model", "hidden_sizes", "num_classes", "input_shape", "optimizer", "scheduler")
+RUN_DEFINING = (
+    "model", "hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size", "num_classes",
+    "input_shape", "optimizer", "scheduler",
+)  # fmt: skip
 
 
 class DatasetRecord(L.Callback):
@@ -219,6 +222,16 @@ def check_dataset(path: str | Path, dataset: str) -> None:
         )
 
 
+def _applies(key: str, model: object) -> bool:
+    """Whether hyperparameter ``key`` shapes the network ``model`` (the saved ``--model``): the MLP's widths
+    do not shape the CNN, nor the CNN's the MLP, so resuming with them changed is not refused."""
+    if key == "hidden_sizes":
+        return model != "cnn"
+    if key.startswith("cnn_"):
+        return model == "cnn"
+    return True
+
+
 def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
     """Check that training can resume ``model`` from ``path``: a readable checkpoint of the same model
     and optimizer (:data:`RUN_DEFINING`) and shapes, written with the model's group size
@@ -232,6 +245,8 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
     saved_hparams = raw.get("hyper_parameters")
     if isinstance(saved_hparams, dict):
         for key in RUN_DEFINING:
+            if not _applies(key, saved_hparams.get("model")):
+                continue
             if key in saved_hparams and _plain(saved_hparams[key]) != _plain(model.hparams.get(key)):
                 raise CheckpointError(
                     f"{path} was written with --{key.replace('_', '-')} {_shown(saved_hparams[key])} and this "

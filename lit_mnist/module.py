@@ -33,6 +33,7 @@ from lit_mnist.networks import CNN, MLP
 Model = Literal["mlp", "cnn"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
+CnnPadding = Literal["same", "valid"]
 MODELS: tuple[str, ...] = get_args(Model)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
@@ -63,15 +64,27 @@ class MNISTClassifier(L.LightningModule):
     Args:
         model: ``"mlp"`` (the classic 784-128-64-10 network) or ``"cnn"``.
         hidden_sizes: Hidden layer widths of the MLP.
+        cnn_channels: Output channels of the CNN's convolutions, one per conv block.
+        cnn_kernel_sizes: Kernel size of each of the CNN's convolutions (odd).
+        cnn_padding: ``"same"`` (the CNN's blocks halve the image) or ``"valid"`` (no padding: less
+            computation).
+        cnn_hidden_size: Width of the CNN's hidden fully connected layer.
+        channels_last: Keep the weights of a network with 2-d convolutions in the channels-last memory
+            format (PyTorch's recommended layout for convolutions; about 2x faster training of the CNN
+            on the CPU). The values and the state_dict are the same either way.
         dropout: Dropout probability (0 reproduces the classic network).
         num_classes: Number of classes.
         input_shape: ``(channels, height, width)`` of one image.
         optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``.
         lr: Learning rate (the peak rate for ``onecycle``).
         momentum: Momentum of SGD and RMSprop.
+        betas: Adam's and AdamW's ``(beta1, beta2)``: decay rates of the gradient's running mean and of its square's.
         nesterov: Nesterov momentum for SGD.
         weight_decay: Weight decay (L2 for SGD/Adam/RMSprop, decoupled for AdamW).
         scheduler: ``"none"``, ``"step"`` (per epoch), ``"cosine"`` or ``"onecycle"`` (per step).
+        cycle_momentum: With ``onecycle``, cycle the momentum (SGD, RMSprop) or Adam's beta1 inversely to
+            the learning rate, between 0.85 and 0.95 (PyTorch's ``OneCycleLR`` default); ``False`` keeps
+            ``momentum`` or ``betas`` as given.
         step_size: Epochs between decays of the ``step`` scheduler.
         gamma: Decay factor of the ``step`` scheduler.
         label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
@@ -100,6 +113,13 @@ class MNISTClassifier(L.LightningModule):
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
         steps_per_batch: int = 1,
+        cnn_channels: Sequence[int] = (32, 64),
+        cnn_kernel_sizes: Sequence[int] = (3, 3),
+        cnn_padding: CnnPadding = "same",
+        cnn_hidden_size: int = 128,
+        channels_last: bool = True,
+        betas: Sequence[float] = (0.9, 0.999),
+        cycle_momentum: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("model", model, MODELS)
@@ -109,6 +129,8 @@ class MNISTClassifier(L.LightningModule):
             raise ConfigError("lr", f"must be > 0, got {lr}")
         if momentum < 0:
             raise ConfigError("momentum", f"must be >= 0, got {momentum}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
         if nesterov and (optimizer != "sgd" or momentum <= 0):
             raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
         if weight_decay < 0:
@@ -138,11 +160,17 @@ class MNISTClassifier(L.LightningModule):
         # save_hyperparameters reads the current values of the arguments from this frame.
         hidden_sizes = [int(h) for h in hidden_sizes]
         input_shape = [int(d) for d in input_shape]
+        cnn_channels = [int(c) for c in cnn_channels]
+        cnn_kernel_sizes = [int(k) for k in cnn_kernel_sizes]
+        betas = [float(b) for b in betas]
         self.save_hyperparameters(ignore=["steps_per_batch"])
         self.steps_per_batch = steps_per_batch
         self.automatic_optimization = steps_per_batch == 1
 
         self.net = self.build_network()
+        if channels_last and any(isinstance(m, nn.Conv2d) for m in self.net.modules()):
+            # Only the 4-d weights change layout; Lightning's moves to a device keep it (preserve_format).
+            self.net.to(memory_format=torch.channels_last)
         self.criterion = self.build_loss()
         self.example_input_array = torch.zeros(1, *input_shape)
 
@@ -207,7 +235,15 @@ class MNISTClassifier(L.LightningModule):
         hp: Any = self.hparams
         outputs = self.num_outputs or hp.num_classes
         if hp.model == "cnn":
-            return CNN(input_shape=hp.input_shape, num_classes=outputs, dropout=hp.dropout)
+            return CNN(
+                input_shape=hp.input_shape,
+                num_classes=outputs,
+                dropout=hp.dropout,
+                channels=hp.cnn_channels,
+                hidden_size=hp.cnn_hidden_size,
+                kernel_sizes=hp.cnn_kernel_sizes,
+                padding=hp.cnn_padding,
+            )
         return MLP(
             input_shape=hp.input_shape,
             hidden_sizes=hp.hidden_sizes,
@@ -432,9 +468,13 @@ class MNISTClassifier(L.LightningModule):
                 params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
             )
         elif hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.Adam(
+                params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+            )
         elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(
+                params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+            )
         else:
             optimizer = torch.optim.RMSprop(
                 params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
@@ -451,7 +491,7 @@ class MNISTClassifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps())
         else:
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=self.total_steps()
+                optimizer, max_lr=hp.lr, total_steps=self.total_steps(), cycle_momentum=hp.cycle_momentum
             )
         config: OptimizerLRSchedulerConfig = {
             "optimizer": optimizer,

@@ -56,16 +56,22 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """A small convolutional classifier: two conv blocks, then a two-layer head.
+    """A small convolutional classifier: conv blocks, then a two-layer head.
 
-    ``conv(32) -> ReLU -> maxpool -> conv(64) -> ReLU -> maxpool -> Linear(128) -> ReLU -> Linear``.
+    Each block is ``conv -> maxpool(2) -> ReLU`` (max-pooling before the ReLU gives the same values as
+    after it, since ReLU is monotonic, and the ReLU then runs on a quarter of the activations); then
+    ``Linear(hidden_size) -> ReLU -> Dropout -> Linear``. The defaults are conv(32, 3x3) -> conv(64,
+    3x3), "same" padding, a 128-wide head.
 
     Args:
         input_shape: Shape of one input image, ``(channels, height, width)``.
         num_classes: Number of outputs (logits; 1 for a regression).
         dropout: Dropout probability before the last layer.
-        channels: Output channels of the two convolutions.
+        channels: Output channels of each convolution, one per block.
         hidden_size: Width of the hidden fully connected layer.
+        kernel_sizes: Kernel size of each convolution (square, odd), one per block.
+        padding: ``"same"`` (each block halves the image) or ``"valid"`` (no padding: a ``k x k``
+            convolution trims ``k - 1`` pixels before the pooling; less computation).
     """
 
     def __init__(
@@ -75,23 +81,48 @@ class CNN(nn.Module):
         dropout: float = 0.0,
         channels: Sequence[int] = (32, 64),
         hidden_size: int = 128,
+        kernel_sizes: Sequence[int] = (3, 3),
+        padding: str = "same",
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {dropout}")
-        c, h, w = input_shape
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(c, c1, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        if not channels or any(int(c) < 1 for c in channels):
+            raise ConfigError(
+                "cnn_channels", f"must be one or more positive integers, e.g. 32 64; got {list(channels)}"
+            )
+        if len(kernel_sizes) != len(channels) or any(int(k) < 1 or int(k) % 2 == 0 for k in kernel_sizes):
+            raise ConfigError(
+                "cnn_kernel_sizes",
+                f"must be one odd positive size per convolution ({len(channels)} for channels "
+                f"{list(channels)}), e.g. 5 3; got {list(kernel_sizes)}",
+            )
+        if padding not in ("same", "valid"):
+            raise ConfigError("cnn_padding", f"must be same or valid, got {padding!r}")
+        if hidden_size < 1:
+            raise ConfigError("cnn_hidden_size", f"must be >= 1, got {hidden_size}")
+        width, h, w = input_shape
+        layers: list[nn.Module] = []
+        for out, k in zip(channels, kernel_sizes, strict=True):
+            trim = 0 if padding == "same" else int(k) - 1
+            h, w = (h - trim) // 2, (w - trim) // 2
+            if h < 1 or w < 1:
+                raise ConfigError(
+                    "cnn_kernel_sizes",
+                    f"leave no pixels of a {input_shape[1]}x{input_shape[2]} image after "
+                    f"{len(layers) // 3 + 1} block(s) with {padding} padding: use fewer or smaller "
+                    "convolutions, or --cnn-padding same",
+                )
+            layers += [
+                nn.Conv2d(width, int(out), int(k), padding=int(k) // 2 if padding == "same" else 0),
+                nn.MaxPool2d(2),
+                nn.ReLU(),
+            ]
+            width = int(out)
+        self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c2 * (h // 4) * (w // 4), hidden_size),
+            nn.Linear(width * h * w, hidden_size),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_size, num_classes),

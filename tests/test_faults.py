@@ -323,6 +323,21 @@ def test_resume_with_another_dataset_or_model_is_refused(
     assert _tree(logs) == before
 
 
+def test_resume_checks_the_widths_of_its_own_network_only(
+    run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CNN run resumed with other --cnn-channels is refused (one line, exit 2); the MLP's --hidden-sizes
+    do not shape the CNN, so a resume that passes them goes on."""
+    cnn = [*run_args, "--model", "cnn", "--cnn-channels", "4", "8", "--cnn-hidden-size", "16"]
+    assert train_main([*cnn, "--max-epochs", "1"]) == 0
+    line = _usage_error(
+        [*cnn, "--max-epochs", "2", "--ckpt-path", "last", "--cnn-channels", "8", "8"], capsys
+    )
+    assert "was written with --cnn-channels 4 8 and this run asks for 8 8" in line, line
+    assert train_main([*cnn, "--max-epochs", "2", "--ckpt-path", "last", "--hidden-sizes", "32"]) == 0
+    assert len(list((tmp_path / "logs").glob("version_*"))) == 1  # the same run, trained further
+
+
 def test_resume_from_a_weights_only_checkpoint_is_refused(
     trained: Path, run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

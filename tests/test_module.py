@@ -99,6 +99,12 @@ def test_step_schedulers_span_the_whole_run(name: str, cls: type, steps: int, ti
         ({"weight_decay": -1}, "weight_decay must be >= 0"),
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
         ({"optimizer": "adam", "nesterov": True}, "nesterov needs --optimizer sgd"),
+        ({"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\), e.g. 0.9 0.999; got \[0.9\]"),
+        ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
+        (
+            {"model": "cnn", "cnn_kernel_sizes": (3,)},
+            "cnn_kernel_sizes must be one odd positive size per convolution",
+        ),
     ],
 )
 def test_bad_hyperparameters_name_the_parameter(kwargs: dict, message: str) -> None:
@@ -174,3 +180,51 @@ def test_logged_validation_and_test_metrics_are_those_of_each_epoch(tiny_data: P
     expected_acc, expected_loss = _accuracy_and_loss(model, test_images, test_labels)
     assert tested["test/acc"] == pytest.approx(expected_acc, abs=1e-6)
     assert tested["test/loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_betas_reach_the_optimizer(name: str) -> None:
+    optimizer = MNISTClassifier(optimizer=name, betas=(0.7, 0.9)).configure_optimizers()
+    assert optimizer.param_groups[0]["betas"] == (0.7, 0.9)
+    assert MNISTClassifier(optimizer=name).configure_optimizers().param_groups[0]["betas"] == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("cycle", [True, False])
+def test_onecycle_cycles_beta1_only_when_asked(cycle: bool, tiny_data: Path) -> None:
+    """--no-cycle-momentum keeps Adam's beta1 as given through the run; PyTorch's default moves it (0.85-0.95)."""
+    from lit_mnist.data import MNISTDataModule
+
+    seen: list[float] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            seen.append(trainer.optimizers[0].param_groups[0]["betas"][0])
+
+    model = MNISTClassifier(
+        optimizer="adam", lr=0.01, betas=(0.7, 0.9), scheduler="onecycle", cycle_momentum=cycle
+    )
+    datamodule = MNISTDataModule(str(tiny_data), batch_size=50, val_size=100)
+    _quiet_trainer(max_epochs=1, callbacks=[Probe()]).fit(model, datamodule=datamodule)
+    assert len(seen) == 10  # 500 training images, batch 50
+    if cycle:
+        assert min(seen) >= 0.85 and max(seen) <= 0.95 and len(set(seen)) > 1
+    else:
+        assert set(seen) == {0.7}
+
+
+def test_cnn_weights_are_channels_last_and_compute_the_same() -> None:
+    """channels_last changes the layout of the convolutions' weights only: same state_dict, same outputs."""
+    torch.manual_seed(0)
+    fast = MNISTClassifier(model="cnn", cnn_channels=(8, 16), cnn_hidden_size=32)
+    plain = MNISTClassifier(model="cnn", cnn_channels=(8, 16), cnn_hidden_size=32, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    conv = fast.net.features[3].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.net.features[3].weight.is_contiguous()
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    # Lightning's device moves keep the layout; the MLP has no convolution and is left as it is
+    assert (
+        fast.to(torch.device("cpu")).net.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    )
+    assert all(p.is_contiguous() for p in MNISTClassifier(model="mlp").parameters())

@@ -123,9 +123,13 @@ DATA_FLAGS = (
 )  # fmt: skip
 #: Flags of ``--dataset folder`` only (ImageFolderDataModule's arguments).
 FOLDER_FLAGS = ("image_size", "color", "test_size", "skip_bad_images")
-MODEL_FLAGS = ("model", "hidden_sizes", "dropout")
+MODEL_FLAGS = (
+    "model", "hidden_sizes", "dropout", "cnn_channels", "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size",
+    "channels_last",
+)  # fmt: skip
 OPTIMIZATION_FLAGS = (
-    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler", "step_size", "gamma", "label_smoothing",
+    "optimizer", "lr", "momentum", "nesterov", "betas", "weight_decay", "scheduler", "cycle_momentum", "step_size",
+    "gamma", "label_smoothing",
 )  # fmt: skip
 
 
