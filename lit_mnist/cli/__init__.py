@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from lit_mnist.cli.common import usage_exit
+from lit_mnist.startup import exit_code, quiet_gc_imports
 
 #: Command name -> the module holding its ``main(argv, prog)``; imported when the command runs.
 COMMANDS = {
@@ -48,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lit-mnist {__version__}")
         return 0
     if not args or args[0] not in COMMANDS:
+        from lit_mnist.cli.common import usage_exit
+
         print(USAGE, file=sys.stderr)
         usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(COMMANDS)}")
-    command = importlib.import_module(COMMANDS[args[0]])
-    return int(command.main(args[1:], prog=f"lit-mnist {args[0]}"))
+    # This package's __init__ imports nothing heavy, so torch and Lightning are first imported here.
+    with quiet_gc_imports():
+        command = importlib.import_module(COMMANDS[args[0]])
+    return int(exit_code(command.main(args[1:], prog=f"lit-mnist {args[0]}")) or 0)

@@ -1,0 +1,45 @@
+"""Process start-up and exit for the command-line scripts: the garbage collector kept out of the way.
+
+Importing torch and Lightning creates millions of long-lived objects (modules, functions, classes) and
+next to no garbage, yet the cyclic garbage collector walks over them again and again while they are
+made (about 1 s of a 5 s import on the 2-core CPU) and once more when the interpreter exits (about
+1 s more). :func:`quiet_gc_imports` turns the collector off for the imports and then ``gc.freeze()``\\ s
+what they made, the pattern of the :mod:`gc` documentation: the frozen objects stay alive as they would
+have anyway and later collections skip them. :func:`exit_code` does the same before the process ends.
+The collector works as usual in between, on what the run itself creates. Standard library only: it is
+imported before torch.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["exit_code", "quiet_gc_imports"]
+
+
+@contextmanager
+def quiet_gc_imports() -> Iterator[None]:
+    """Run the ``with`` block's imports with the garbage collector off; freeze what they made, then turn it back on.
+
+    If the collector was already off (a caller's choice), it stays off.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def exit_code(code: int | None) -> int | None:
+    """Freeze every object (the process is about to end) and return ``code``, for ``sys.exit(exit_code(main()))``.
+
+    The interpreter's last collections then skip the run's objects; objects are still finalized as the
+    modules are torn down, as usual.
+    """
+    gc.freeze()
+    return code
