@@ -191,8 +191,73 @@ def get_parser() -> argparse.ArgumentParser:
         help="With --time-to-accuracy: also run each recipe's train.py with --compile (torch.compile of the "
         "network), its compile time shown apart (the first epoch's extra time, less the same without --compile).",
     )
+    parser.add_argument(
+        "--start-up",
+        action="store_true",
+        help="Instead of epochs: time scripts/train.py's start-up and exit, fresh processes that import it and "
+        "exit, with lit_mnist.startup (the garbage collector off for the imports, frozen before the exit) "
+        "and without, alternating; --repeats pairs (medians).",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+#: What a process of --start-up runs: train.py's imports, as scripts/train.py does them or plainly.
+_START_UP = {
+    "with lit_mnist.startup": (
+        "import time; t = time.perf_counter()\n"
+        "from lit_mnist.startup import exit_code, quiet_gc_imports\n"
+        "with quiet_gc_imports():\n"
+        "    from lit_mnist.cli.train import main\n"
+        "print(time.perf_counter() - t)\n"
+        "exit_code(0)\n"
+    ),
+    "plain imports": (
+        "import time; t = time.perf_counter()\n"
+        "from lit_mnist.cli.train import main\n"
+        "print(time.perf_counter() - t)\n"
+    ),
+}
+
+
+def start_up(repeats: int, json_path: str | None) -> int:
+    """``--start-up``: the two ways of _START_UP in turn (the order swapped every other pair), each a fresh
+    process; prints the median import time (measured inside) and whole process time (start to exit)."""
+    import subprocess
+    from pathlib import Path
+
+    times: dict[str, dict[str, list[float]]] = {name: {"import": [], "process": []} for name in _START_UP}
+    names = list(_START_UP)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", _START_UP[name]], capture_output=True, text=True, timeout=300
+            )
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                print(
+                    f"benchmark.py: error: {name}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr
+                )
+                return 1
+            times[name]["import"].append(float(done.stdout.split()[-1]))
+            times[name]["process"].append(wall)
+    print(f"start-up of scripts/train.py: {repeats} pairs, medians")
+    print(f"{'':26}{'imports s':>10}{'process s':>11}{'exit and interpreter s':>24}")
+    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    for name in names:
+        m = med[name]
+        print(f"{name:26}{m['import']:10.2f}{m['process']:11.2f}{m['process'] - m['import']:24.2f}")
+    ratio = statistics.median(
+        p / q
+        for p, q in zip(
+            times["plain imports"]["process"], times["with lit_mnist.startup"]["process"], strict=True
+        )
+    )
+    print(f"plain / with lit_mnist.startup, whole process: {ratio:.2f} (median of the pairs)")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"times": times, "ratio": ratio}, indent=2) + "\n")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -209,6 +274,8 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.start_up:
+        return start_up(args.repeats, args.json)
     if args.time_to_accuracy:
         from lit_mnist.recipes import RECIPES
 

@@ -70,7 +70,16 @@ def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
     tx = test_x.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
     torch.manual_seed(cfg["seed"])
     if cfg["model"] == "cnn":
-        net: nn.Module = CNN(num_classes=10, dropout=cfg["dropout"])
+        net: nn.Module = CNN(
+            num_classes=10,
+            dropout=cfg["dropout"],
+            channels=cfg["cnn_channels"],
+            hidden_size=cfg["cnn_hidden_size"],
+            kernel_sizes=cfg["cnn_kernel_sizes"],
+            padding=cfg["cnn_padding"],
+        )
+        if cfg["channels_last"]:  # as MNISTClassifier does
+            net.to(memory_format=torch.channels_last)
     else:
         net = MLP(hidden_sizes=cfg["hidden_sizes"], num_classes=10, dropout=cfg["dropout"])
     params, lr, wd = net.parameters(), cfg["lr"], cfg["weight_decay"]
@@ -80,16 +89,18 @@ def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
             params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd
         )
     elif cfg["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
     elif cfg["optimizer"] == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
     else:
         optimizer = torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
     bs, epochs, n = cfg["batch_size"], cfg["max_epochs"], len(y)
     steps = (n + bs - 1) // bs
     scheduler: Any = None
     if cfg["scheduler"] == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps * epochs)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=steps * epochs, cycle_momentum=cfg["cycle_momentum"]
+        )
     elif cfg["scheduler"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * epochs)
     elif cfg["scheduler"] == "step":
@@ -299,10 +310,18 @@ def run(
 
 
 if __name__ == "__main__":
+    # The same start-up and exit as scripts/train.py's (lit_mnist.startup): the garbage collector off
+    # for the imports, the objects frozen before the exit.
+    from lit_mnist.startup import exit_code, quiet_gc_imports
+
+    with quiet_gc_imports():
+        import torch  # imported here as train.py imports it, under quiet_gc_imports
     if sys.argv[1:2] == ["--plain"]:
         print(json.dumps(plain_main(json.loads(sys.argv[2]), sys.argv[3])))
+        exit_code(0)
     elif sys.argv[1:2] == ["--classic"]:
         print(json.dumps(classic_main(sys.argv[2])))
+        exit_code(0)
     else:
         print("run it through: python scripts/benchmark.py --time-to-accuracy (see --help)", file=sys.stderr)
         sys.exit(2)

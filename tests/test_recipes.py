@@ -69,13 +69,13 @@ def test_a_recipe_named_in_a_config_file_is_read_before_the_file(tmp_path: Path)
     config = tmp_path / "mine.yaml"
     config.write_text("recipe: cnn-fast\nmax_epochs: 3\n")
     cfg = parse_args(["--config", str(config)])
-    assert (cfg.recipe, cfg.model, cfg.batch_size, cfg.max_epochs) == ("cnn-fast", "cnn", 128, 3)
+    assert (cfg.recipe, cfg.model, cfg.batch_size, cfg.max_epochs) == ("cnn-fast", "cnn", 256, 3)
 
 
 def test_flags_after_a_recipe_override_it_and_flags_before_do_not() -> None:
-    assert parse_args(["--recipe", "cnn-fast"]).max_epochs == 2
+    assert parse_args(["--recipe", "cnn-fast"]).max_epochs == 1
     assert parse_args(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
-    assert parse_args(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 2
+    assert parse_args(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 1
     mlp = parse_args(["--recipe", "mlp-best"])
     assert mlp.model == "mlp" and mlp.augment_degrees > 0 and mlp.max_epochs <= 20
 
