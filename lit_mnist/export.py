@@ -31,7 +31,9 @@ def export_model(model: MNISTClassifier, output: Path, fmt: str) -> None:
         ImportError: ONNX export without the ``onnx`` / ``onnxscript`` packages (``pip install 'lit_mnist[export]'``).
     """
     hp: Any = model.hparams
-    model = model.float().eval().cpu()
+    # The plain (NCHW) layout: torch.export.save packs channels-last weights as partial tensors (and warns),
+    # and an exported file is for other runtimes; the values are the same.
+    model = model.float().eval().cpu().to(memory_format=torch.contiguous_format)
     example = (torch.zeros(2, *[int(d) for d in hp.input_shape]),)
     batch = torch.export.Dim("batch")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ class CNN(nn.Module):
         dropout: Dropout probability before the last layer.
         channels: Output channels of each convolution, one per block.
         hidden_size: Width of the hidden fully connected layer.
-        kernel_sizes: Kernel size of each convolution (square, odd), one per block.
+        kernel_sizes: Kernel size of each convolution (square, odd), one per block; one size: every block's.
         padding: ``"same"`` (each block halves the image) or ``"valid"`` (no padding: a ``k x k``
             convolution trims ``k - 1`` pixels before the pooling; less computation).
     """
@@ -81,7 +81,7 @@ class CNN(nn.Module):
         dropout: float = 0.0,
         channels: Sequence[int] = (32, 64),
         hidden_size: int = 128,
-        kernel_sizes: Sequence[int] = (3, 3),
+        kernel_sizes: Sequence[int] = (3,),
         padding: str = "same",
     ) -> None:
         super().__init__()
@@ -91,11 +91,13 @@ class CNN(nn.Module):
             raise ConfigError(
                 "cnn_channels", f"must be one or more positive integers, e.g. 32 64; got {list(channels)}"
             )
+        if len(kernel_sizes) == 1:
+            kernel_sizes = list(kernel_sizes) * len(channels)
         if len(kernel_sizes) != len(channels) or any(int(k) < 1 or int(k) % 2 == 0 for k in kernel_sizes):
             raise ConfigError(
                 "cnn_kernel_sizes",
-                f"must be one odd positive size per convolution ({len(channels)} for channels "
-                f"{list(channels)}), e.g. 5 3; got {list(kernel_sizes)}",
+                f"must be odd positive sizes, one for every convolution or one per convolution ({len(channels)} "
+                f"for channels {list(channels)}), e.g. 5 3; got {list(kernel_sizes)}",
             )
         if padding not in ("same", "valid"):
             raise ConfigError("cnn_padding", f"must be same or valid, got {padding!r}")
@@ -107,11 +109,15 @@ class CNN(nn.Module):
             trim = 0 if padding == "same" else int(k) - 1
             h, w = (h - trim) // 2, (w - trim) // 2
             if h < 1 or w < 1:
+                blocks = len(layers) // 3 + 1
                 raise ConfigError(
-                    "cnn_kernel_sizes",
-                    f"leave no pixels of a {input_shape[1]}x{input_shape[2]} image after "
-                    f"{len(layers) // 3 + 1} block(s) with {padding} padding: use fewer or smaller "
-                    "convolutions, or --cnn-padding same",
+                    "cnn_kernel_sizes" if padding == "valid" else "cnn_channels",
+                    f"leave no pixels of a {input_shape[1]}x{input_shape[2]} image after {blocks} block(s) "
+                    + (
+                        "with valid padding: use fewer or smaller convolutions, or --cnn-padding same"
+                        if padding == "valid"
+                        else "(each halves it): use fewer blocks"
+                    ),
                 )
             layers += [
                 nn.Conv2d(width, int(out), int(k), padding=int(k) // 2 if padding == "same" else 0),

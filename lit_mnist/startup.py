@@ -4,8 +4,9 @@ Importing torch and Lightning creates millions of long-lived objects (modules, f
 next to no garbage, yet the cyclic garbage collector walks over them again and again while they are
 made (about 1 s of a 5 s import on the 2-core CPU) and once more when the interpreter exits (about
 1 s more). :func:`quiet_gc_imports` turns the collector off for the imports and then ``gc.freeze()``\\ s
-what they made, the pattern of the :mod:`gc` documentation: the frozen objects stay alive as they would
-have anyway and later collections skip them. :func:`exit_code` does the same before the process ends.
+what they made (``gc.freeze``: "move them to a permanent generation and ignore them in all the future
+collections"): they stay alive as they would have anyway, and later collections skip them.
+:func:`exit_code` freezes again just before the process ends.
 The collector works as usual in between, on what the run itself creates. Standard library only: it is
 imported before torch.
 """
@@ -38,8 +39,11 @@ def quiet_gc_imports() -> Iterator[None]:
 def exit_code(code: int | None) -> int | None:
     """Freeze every object (the process is about to end) and return ``code``, for ``sys.exit(exit_code(main()))``.
 
-    The interpreter's last collections then skip the run's objects; objects are still finalized as the
-    modules are torn down, as usual.
+    The interpreter's last collections then skip the run's objects: objects freed by reference counting
+    as the modules are torn down are finalized as usual, but garbage in reference cycles is not collected,
+    so its ``__del__`` does not run (files, loggers and checkpoints are closed by the run before this).
+    ``atexit`` handlers run as usual. For a process's end only: in a long-lived process it would pin
+    every object alive now.
     """
     gc.freeze()
     return code

@@ -263,6 +263,11 @@ def start_up(repeats: int, json_path: str | None) -> int:
 def main(args: argparse.Namespace) -> int:
     """Run the selected cases, each in a fresh process; print the table; write the JSON. Returns the exit status."""
     prog = "benchmark.py"
+    if args.start_up:  # no data needed
+        if args.repeats < 1:
+            print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
+            return 2
+        return start_up(args.repeats, args.json)
     try:
         cases = _check_args(args)
     except ValueError as err:
@@ -274,8 +279,6 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.start_up:
-        return start_up(args.repeats, args.json)
     if args.time_to_accuracy:
         from lit_mnist.recipes import RECIPES
 

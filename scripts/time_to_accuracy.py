@@ -310,18 +310,17 @@ def run(
 
 
 if __name__ == "__main__":
-    # The same start-up and exit as scripts/train.py's (lit_mnist.startup): the garbage collector off
-    # for the imports, the objects frozen before the exit.
-    from lit_mnist.startup import exit_code, quiet_gc_imports
-
-    with quiet_gc_imports():
-        import torch  # imported here as train.py imports it, under quiet_gc_imports
     if sys.argv[1:2] == ["--plain"]:
+        # The same start-up and exit as scripts/train.py's (lit_mnist.startup): the garbage collector off
+        # for the imports, the objects frozen before the exit. The seed's loop (--classic) has neither.
+        from lit_mnist.startup import exit_code, quiet_gc_imports
+
+        with quiet_gc_imports():
+            import torch  # imported here as train.py imports it, under quiet_gc_imports
         print(json.dumps(plain_main(json.loads(sys.argv[2]), sys.argv[3])))
         exit_code(0)
     elif sys.argv[1:2] == ["--classic"]:
         print(json.dumps(classic_main(sys.argv[2])))
-        exit_code(0)
     else:
         print("run it through: python scripts/benchmark.py --time-to-accuracy (see --help)", file=sys.stderr)
         sys.exit(2)

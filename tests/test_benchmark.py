@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
@@ -145,3 +147,24 @@ def test_a_failing_case_ends_the_run_with_one_line_and_status_1(tiny_data: Path)
         r"training images, got 600",
         last,
     ), last
+
+
+def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path) -> None:
+    """--start-up: train.py's imports with lit_mnist.startup and without, one pair; both rows, the ratio, the JSON."""
+    out = tmp_path / "start.json"
+    proc = run_benchmark("--start-up", "--repeats", "1", "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "start-up of scripts/train.py: 1 pairs, medians" in proc.stdout
+    rows = {line.split("  ")[0]: line.split()[-3:] for line in proc.stdout.splitlines() if "  " in line}
+    for name in ("with lit_mnist.startup", "plain imports"):
+        imports, process, exit_s = (float(v) for v in rows[name])
+        assert 0 < imports < process
+        assert abs(exit_s - (process - imports)) <= 0.011  # the columns as printed, to 2 decimals
+    report = json.loads(out.read_text())
+    assert set(report["times"]) == {"with lit_mnist.startup", "plain imports"}
+    assert re.search(r"plain / with lit_mnist.startup, whole process: \d+\.\d\d", proc.stdout)
+    times = report["times"]
+    pair = times["plain imports"]["process"][0] / times["with lit_mnist.startup"]["process"][0]
+    assert report["ratio"] == pytest.approx(pair)  # one pair: its ratio is the median
+    bad = run_benchmark("--start-up", "--repeats", "0", timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "benchmark.py: error: --repeats must be >= 1, got 0"

@@ -116,6 +116,17 @@ def test_cnn_trains_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[
     capsys.readouterr()
     assert evaluate_main(["--ckpt-path", str(run.ckpt), "--accelerator", "cpu"]) == 0
     assert f"Test accuracy: {run.results['test_acc']:.2%}" in capsys.readouterr().out
+    # the CNN's channels-last weights export like any other: the exported program gives the model's outputs
+    output = tmp_path / "cnn.pt2"
+    assert (
+        export_main(["--ckpt-path", str(run.ckpt), "--format", "torch-export", "--output", str(output)]) == 0
+    )
+    model = MNISTClassifier.load_from_checkpoint(run.ckpt, map_location="cpu", weights_only=True).eval()
+    assert model.net.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(run_exported(output, "torch-export", x), expected, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- predict

@@ -102,8 +102,8 @@ def test_step_schedulers_span_the_whole_run(name: str, cls: type, steps: int, ti
         ({"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\), e.g. 0.9 0.999; got \[0.9\]"),
         ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
         (
-            {"model": "cnn", "cnn_kernel_sizes": (3,)},
-            "cnn_kernel_sizes must be one odd positive size per convolution",
+            {"model": "cnn", "cnn_kernel_sizes": (3, 3, 3)},
+            "cnn_kernel_sizes must be odd positive sizes, one for every convolution or one per convolution",
         ),
     ],
 )
@@ -223,8 +223,41 @@ def test_cnn_weights_are_channels_last_and_compute_the_same() -> None:
     assert plain.net.features[3].weight.is_contiguous()
     x = torch.randn(8, 1, 28, 28)
     assert torch.allclose(fast(x), plain(x), atol=1e-5)
-    # Lightning's device moves keep the layout; the MLP has no convolution and is left as it is
-    assert (
-        fast.to(torch.device("cpu")).net.features[3].weight.is_contiguous(memory_format=torch.channels_last)
-    )
+    # .to() keeps the layout (a dtype change, as for bf16-true or 64-true); the MLP is left as it is
+    assert fast.to(torch.float64).net.features[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for p in MNISTClassifier(model="mlp").parameters())
+
+
+def test_a_subclass_network_keeps_its_own_layout() -> None:
+    """Only the built-in CNN is made channels-last: a build_network override may flatten with .view()."""
+
+    class Own(MNISTClassifier):
+        def build_network(self) -> torch.nn.Module:
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)
+            )
+
+    assert Own(model="cnn").net[0].weight.is_contiguous()
+
+
+def test_a_checkpoint_from_before_the_cnn_flags_loads_and_resumes(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CNN checkpoint whose hyperparameters lack cnn_*, channels_last, betas and cycle_momentum (written
+    before they existed) loads with the defaults, which are that CNN, and resumes."""
+    from lit_mnist.cli.train import main as train_main
+    from tests.conftest import shrunk_args
+
+    args = [*shrunk_args(tiny_data, tmp_path / "logs"), "--model", "cnn", "--optimizer", "adam"]
+    assert train_main([*args, "--max-epochs", "1"]) == 0
+    last = next((tmp_path / "logs").glob("version_*")) / "checkpoints" / "last.ckpt"
+    raw = torch.load(last, weights_only=True)
+    for key in ("cnn_channels", "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size"):
+        del raw["hyper_parameters"][key]
+    for key in ("channels_last", "betas", "cycle_momentum"):
+        del raw["hyper_parameters"][key]
+    torch.save(raw, last)
+    model = MNISTClassifier.load_from_checkpoint(last, weights_only=True)
+    assert model.hparams["cnn_channels"] == [32, 64] and model.hparams["betas"] == [0.9, 0.999]
+    assert train_main([*args, "--max-epochs", "2", "--ckpt-path", "last"]) == 0
+    assert "Test accuracy:" in capsys.readouterr().out

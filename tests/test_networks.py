@@ -79,12 +79,12 @@ def test_cnn_pooling_before_the_relu_gives_the_values_of_relu_then_pooling() -> 
 
 
 def test_cnn_blocks_kernels_padding_and_head_are_configurable() -> None:
-    # the fast recipe's CNN: 28 -5x5-> 24 -pool-> 12 -3x3-> 10 -pool-> 5: 32 * 5 * 5 = 800 features
-    fast = CNN(channels=(24, 32), kernel_sizes=(5, 3), padding="valid", hidden_size=256)
-    assert fast.head[1].in_features == 800 and fast.head[1].out_features == 256
+    # the cnn-fast recipe's CNN: 28 -5x5-> 24 -pool-> 12 -3x3-> 10 -pool-> 5: 32 * 5 * 5 = 800 features
+    fast = CNN(channels=(16, 32), kernel_sizes=(5, 3), padding="valid", hidden_size=128)
+    assert fast.head[1].in_features == 800 and fast.head[1].out_features == 128
     assert fast(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     # three "same" blocks: 28 -> 14 -> 7 -> 3
-    deep = CNN(channels=(8, 16, 32), kernel_sizes=(3, 3, 3), hidden_size=64, num_classes=5)
+    deep = CNN(channels=(8, 16, 32), hidden_size=64, num_classes=5)  # one kernel size (3) for all three
     assert deep.head[1].in_features == 32 * 3 * 3
     assert deep(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
     assert sum(isinstance(m, nn.Conv2d) for m in deep.modules()) == 3
@@ -96,15 +96,21 @@ def test_cnn_blocks_kernels_padding_and_head_are_configurable() -> None:
         ({"channels": []}, "cnn_channels must be one or more positive integers"),
         ({"channels": (32, 0)}, "cnn_channels must be one or more positive integers"),
         (
-            {"kernel_sizes": (5,)},
-            r"cnn_kernel_sizes must be one odd positive size per convolution \(2 for channels",
+            {"kernel_sizes": (5, 3, 3)},
+            r"cnn_kernel_sizes must be odd positive sizes, one for every convolution or one per convolution "
+            r"\(2 for channels \[32, 64\]\), e.g. 5 3; got \[5, 3, 3\]",
         ),
-        ({"kernel_sizes": (3, 4)}, "cnn_kernel_sizes must be one odd positive size per convolution"),
+        ({"kernel_sizes": (3, 4)}, "cnn_kernel_sizes must be odd positive sizes"),
+        ({"kernel_sizes": (4,)}, "cnn_kernel_sizes must be odd positive sizes"),
         ({"padding": "full"}, "cnn_padding must be same or valid, got 'full'"),
         ({"hidden_size": 0}, "cnn_hidden_size must be >= 1, got 0"),
         (
             {"channels": (8, 8, 8), "kernel_sizes": (5, 5, 5), "padding": "valid"},
-            "cnn_kernel_sizes leave no pixels of a 28x28 image after 3 block",
+            "cnn_kernel_sizes leave no pixels of a 28x28 image after 3 block.* or --cnn-padding same",
+        ),
+        (
+            {"channels": (4, 4, 4, 4, 4, 4)},
+            r"cnn_channels leave no pixels of a 28x28 image after 5 block\(s\) \(each halves it\): use fewer blocks$",
         ),
     ],
 )

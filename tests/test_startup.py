@@ -52,9 +52,22 @@ def test_exit_code_freezes_and_returns_the_code() -> None:
     assert gc.get_freeze_count() >= len(kept)
 
 
-@pytest.mark.parametrize("script", ["train", "evaluate", "predict", "export", "sweep"])
-def test_each_script_starts_and_exits_through_it(script: str) -> None:
-    """``--help`` of every script, in a process of its own: the imports under quiet_gc_imports, exit 0."""
+def test_train_py_runs_and_exits_through_it(tiny_data: Path, tmp_path: Path) -> None:
+    """scripts/train.py as a user runs it, in a process of its own: trains, tests, exits 0 after exit_code."""
+    from tests.conftest import shrunk_args
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *shrunk_args(tiny_data, tmp_path / "logs", 1)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Test accuracy:" in done.stdout
+    assert (tmp_path / "logs" / "version_0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("script", ["evaluate", "predict", "export", "sweep"])
+def test_the_other_scripts_import_through_it(script: str) -> None:
+    """``--help`` of the other scripts, each in a process of its own (their imports under quiet_gc_imports)."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"],
         capture_output=True, text=True, timeout=120,

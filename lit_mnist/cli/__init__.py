@@ -52,7 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(USAGE, file=sys.stderr)
         usage_exit("lit-mnist", f"the first argument must be a command: {', '.join(COMMANDS)}")
-    # This package's __init__ imports nothing heavy, so torch and Lightning are first imported here.
-    with quiet_gc_imports():
-        command = importlib.import_module(COMMANDS[args[0]])
-    return int(exit_code(command.main(args[1:], prog=f"lit-mnist {args[0]}")) or 0)
+    command = importlib.import_module(COMMANDS[args[0]])
+    return int(command.main(args[1:], prog=f"lit-mnist {args[0]}"))
+
+
+def entry() -> None:
+    """The installed ``lit-mnist`` console command: :func:`main` in a process of its own, with the start-up
+    and exit of :mod:`lit_mnist.startup` (this package's ``__init__`` imports nothing heavy, so torch and
+    Lightning are first imported here, with the garbage collector off)."""
+    args = sys.argv[1:]
+    if args and args[0] in COMMANDS:
+        with quiet_gc_imports():
+            importlib.import_module(COMMANDS[args[0]])
+    sys.exit(exit_code(main(args)))
