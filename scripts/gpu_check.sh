@@ -50,6 +50,7 @@ done
 run "classic recipe, 10 epochs" train --recipe classic --log-dir "$OUT/classic"
 run "cnn-fast recipe" train --recipe cnn-fast --log-dir "$OUT/cnn-fast"
 run "cnn-fast recipe, --compile" train --recipe cnn-fast --compile --log-dir "$OUT/cnn-fast-compile"
+run "1 epoch, --batch-size auto" train --max-epochs 1 --batch-size auto --log-dir "$OUT/bs-auto"
 run "benchmark epochs, --device cuda" "$PY" scripts/benchmark.py --data-dir "$DATA" --device cuda \
     --rounds 1 --repeats 3 --json "$OUT/bench.json"
 

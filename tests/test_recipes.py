@@ -238,6 +238,16 @@ def test_swa_saves_and_tests_the_averaged_weights(run_args: list[str], tmp_path:
             "--lr-find runs Lightning's learning-rate finder in one",
         ),
         (["--lr", "fast"], "--lr expects a float or auto, got 'fast'"),
+        (["--batch-size", "auto", "--ckpt-path", "last"], "--batch-size auto searches a batch size before"),
+        (
+            ["--batch-size", "auto", "--devices", "2", "--accelerator", "cpu"],
+            "--batch-size auto runs Lightning's batch-size finder in one process",
+        ),
+        (
+            ["--batch-size", "auto", "--accelerator", "cpu"],
+            "--batch-size auto finds the largest batch that fits in the GPU's memory, and this run is on the CPU",
+        ),
+        (["--batch-size", "big"], "--batch-size expects an int or auto, got 'big'"),
         (["--augment-degrees", "200"], "--augment-degrees must be in [0, 180]"),
     ],
 )
@@ -260,6 +270,20 @@ def test_lr_auto_trains_with_the_finders_rate_and_saves_its_plot(run_args: list[
     assert lr > 0 and lr != 0.01  # the finder's rate, recorded for a repeat with --config
     hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert hparams["lr"] == lr
+
+
+def test_batch_size_finder_doubles_up_to_its_limit(tiny_data: Path) -> None:
+    """Lightning's Tuner.scale_batch_size on the run's datamodule and model (the CPU here, where the CLI
+    refuses --batch-size auto; on a GPU the limit is its memory): 2, 4, ... up to max_val."""
+    from lit_mnist.cli.train import find_batch_size
+
+    cfg = parse_args(
+        ["--data-dir", str(tiny_data), "--val-size", "100", "--accelerator", "cpu", "--batch-size", "32"]
+    )
+    assert find_batch_size(cfg, max_val=64) == 64
+    assert cfg.batch_size == 32  # the run's own flags are left as they were
+    # past the training split (500 images) Lightning stops doubling and returns the size it reached
+    assert find_batch_size(cfg) == 512
 
 
 def test_compile_trains_the_same_network(run_args: list[str], tmp_path: Path) -> None:

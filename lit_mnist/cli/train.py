@@ -109,6 +109,8 @@ from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossG
 
 RESULTS_NAME = "results.json"
 PROFILERS = ("simple", "advanced", "pytorch")
+#: The largest batch size ``--batch-size auto`` tries (Lightning's own default limit).
+BATCH_SIZE_AUTO_MAX = 8192
 #: Set by the launching process so that DDP's re-launched processes log into the same run folder.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 
@@ -165,7 +167,11 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         MNISTDataModule,
         DATA_FLAGS,
         defaults={"steps_per_batch": STEPS_PER_BATCH, "val_size": None},
+        types={"batch_size": int | Literal["auto"]},
         helps={
+            "batch_size": "Samples per batch (per device under DDP); auto: the largest that fits in the GPU's "
+            "memory, found before training by Lightning's batch-size finder (Tuner.scale_batch_size, doubling "
+            f"from 2 to at most {BATCH_SIZE_AUTO_MAX}, one process); GPU only.",
             "data_dir": f"Folder holding <Dataset>/raw, or with --dataset folder the image folder "
             f"(default: ${DATA_DIR_ENV}, else ./data).",
             "val_size": "Training images held out for validation: a count, or a fraction in (0, 1) "
@@ -462,6 +468,23 @@ def check_config(cfg: Namespace) -> None:
             raise UsageError(
                 f"--swa-lr with {early[0]}: Lightning's SWA puts the average into the model only when --max-epochs "
                 "is reached, and this run may stop before; stop it by --max-epochs alone"
+            )
+    if cfg.batch_size == "auto":
+        if cfg.ckpt_path is not None:
+            raise UsageError(
+                "--batch-size auto searches a batch size before training starts; a resumed run (--ckpt-path) "
+                "keeps its own: give it the number it trained with"
+            )
+        if world_size(cfg) != 1:
+            raise UsageError(
+                "--batch-size auto runs Lightning's batch-size finder in one process; run it with --devices 1 "
+                "and give the multi-device run the size it finds (--batch-size, per device)"
+            )
+        if cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available()):
+            raise UsageError(
+                "--batch-size auto finds the largest batch that fits in the GPU's memory, and this run is on "
+                "the CPU, where memory is not what limits the batch: give --batch-size a number (64 to 256 "
+                "train MNIST well)"
             )
     if cfg.lr_find or cfg.lr == "auto":
         flag = "--lr auto" if cfg.lr == "auto" else "--lr-find"
@@ -781,6 +804,50 @@ def find_lr(cfg: Namespace) -> tuple[float, Any]:
     return float(suggestion), finder.plot(suggest=True)  # type: ignore[union-attr]
 
 
+def find_batch_size(cfg: Namespace, max_val: int | None = None) -> int:
+    """Lightning's batch-size finder on the run's data and model: the batch size to train with.
+
+    ``Tuner.scale_batch_size`` in ``"power"`` mode: from 2, doubled after every 3 training steps that
+    fit in the device's memory, up to ``max_val`` (default :data:`BATCH_SIZE_AUTO_MAX`) or the training
+    split's size; what it returns is used as Lightning's documentation says. A plain Trainer in this
+    process (one step per batch, as the Tuner needs), no loggers; its temporary checkpoint goes to a
+    temporary folder; the model it searched with is thrown away (the run builds its own after).
+
+    Raises:
+        RunError: when the finder returns no batch size.
+    """
+    import tempfile
+
+    searched = cfg.clone()
+    searched.batch_size = 2  # the finder's start (init_val)
+    if searched.lr == "auto":
+        searched.lr = 1e-3  # the module needs a number; the rate is found after the batch size
+    datamodule = build_datamodule(searched, 1)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(searched, datamodule, 1)
+    with tempfile.TemporaryDirectory(prefix="lit_mnist_batch_size_") as tmp:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+            max_epochs=1,
+        )
+        with warnings.catch_warnings():  # the finder's own notes on its short runs
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+            found = Tuner(trainer).scale_batch_size(
+                model, datamodule=datamodule, mode="power", init_val=2, max_val=max_val or BATCH_SIZE_AUTO_MAX
+            )
+    if not found:
+        raise RunError("the batch-size finder found no batch size that fits; give --batch-size a number")
+    return int(found)
+
+
 def find_last_checkpoint(log_dir: str | Path) -> Path:
     """``last.ckpt`` of the newest ``version_N`` under ``log_dir`` that has one."""
     runs = sorted(_versions(log_dir).items(), reverse=True)
@@ -861,6 +928,9 @@ def train(
     if cfg.ckpt_path is not None:  # another dataset is refused before its files are looked for
         ckpt_path = find_last_checkpoint(cfg.log_dir) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         check_dataset(ckpt_path, cfg.dataset)
+    if cfg.batch_size == "auto":  # before the learning rate: the rate depends on the batch size
+        cfg.batch_size = find_batch_size(cfg)
+        print(f"Batch-size finder: --batch-size {cfg.batch_size}, used", flush=True)
     lr_plot = None
     if cfg.lr_find or cfg.lr == "auto":
         found, lr_plot = find_lr(cfg)
