@@ -198,8 +198,70 @@ def get_parser() -> argparse.ArgumentParser:
         "exit, with lit_mnist.startup (the garbage collector off for the imports, frozen before the exit) "
         "and without, alternating; --repeats pairs (medians).",
     )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="Instead of epochs: time per-sample random affine augmentation of a batch of 128 MNIST-sized images "
+        "(+-10 deg, +-10%% shift and zoom): lit_mnist's RandomAffine against kornia's (if installed) and "
+        "torchvision v2's (one draw per batch), in turn; --repeats rounds of 20 calls (medians).",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def augment_speed(repeats: int, device: str) -> int:
+    """``--augment``: milliseconds per batch of 128 for each augmentation, rounds in turn (order reversed every
+    other round), and each one's median against lit_mnist's."""
+    import torch
+    from torchvision.transforms import v2
+
+    from lit_mnist.augment import RandomAffine
+
+    dev = torch.device(
+        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    fill = -0.1307 / 0.3081  # the normalised black background
+    x = torch.randn(128, 1, 28, 28, device=dev)
+    ours = RandomAffine(10.0, 0.1, 0.1, fill=fill)
+    cases: dict[str, Any] = {
+        "lit_mnist RandomAffine (per sample)": lambda: ours(x, torch.rand(128, ours.draws, device=dev)),
+    }
+    try:
+        import kornia.augmentation as kornia_aug
+    except ImportError:
+        print("kornia is not installed (pip install kornia): its row is left out")
+    else:
+        kornia_affine = kornia_aug.RandomAffine(
+            degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), padding_mode="fill",
+            fill_value=torch.tensor([fill], device=dev), p=1.0,
+        )  # fmt: skip
+        cases["kornia RandomAffine (per sample)"] = lambda: kornia_affine(x)
+    tv_affine = v2.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=fill)
+    cases["torchvision v2 RandomAffine (one draw per batch)"] = lambda: tv_affine(x)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for run in cases.values():  # warm-up
+        for _ in range(5):
+            run()
+    ms: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sync()
+            start = time.perf_counter()
+            for _ in range(20):
+                cases[name]()
+            sync()
+            ms[name].append((time.perf_counter() - start) / 20 * 1000)
+    base = statistics.median(ms[names[0]])
+    print(f"augmentation of a batch of 128 (1x28x28) on {dev}, {repeats} rounds of 20 calls, medians")
+    for name in names:
+        median = statistics.median(ms[name])
+        print(f"{name:50}{median:8.2f} ms{median / base:8.2f}x lit_mnist's")
+    return 0
 
 
 #: What a process of --start-up runs: train.py's imports, as scripts/train.py does them or plainly.
@@ -263,6 +325,11 @@ def start_up(repeats: int, json_path: str | None) -> int:
 def main(args: argparse.Namespace) -> int:
     """Run the selected cases, each in a fresh process; print the table; write the JSON. Returns the exit status."""
     prog = "benchmark.py"
+    if args.augment:  # no data needed
+        if args.repeats < 1:
+            print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
+            return 2
+        return augment_speed(args.repeats, args.device)
     if args.start_up:  # no data needed
         if args.repeats < 1:
             print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)

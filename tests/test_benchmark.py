@@ -168,3 +168,22 @@ def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path
     assert report["ratio"] == pytest.approx(pair)  # one pair: its ratio is the median
     bad = run_benchmark("--start-up", "--repeats", "0", timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "benchmark.py: error: --repeats must be >= 1, got 0"
+
+
+def test_augment_times_each_augmentation_against_lit_mnists() -> None:
+    proc = run_benchmark("--augment", "--repeats", "1", "--device", "cpu", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {
+        line[:50].strip(): line[50:].split()
+        for line in proc.stdout.splitlines()
+        if line.rstrip().endswith("x lit_mnist's")
+    }
+    assert rows["lit_mnist RandomAffine (per sample)"][2] == "1.00x"
+    assert "torchvision v2 RandomAffine (one draw per batch)" in rows
+    try:
+        import kornia  # noqa: F401
+    except ImportError:
+        assert "kornia is not installed (pip install kornia): its row is left out" in proc.stdout
+    else:
+        assert "kornia RandomAffine (per sample)" in rows
+    assert all(float(ms) > 0 for ms, _, *_ in rows.values())
