@@ -209,6 +209,12 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def augment_speed(repeats: int, device: str) -> int:
     """``--augment``: milliseconds per batch of 128 for each augmentation, rounds in turn (order reversed every
     other round), and each one's median against lit_mnist's."""
@@ -236,7 +242,13 @@ def augment_speed(repeats: int, device: str) -> int:
             fill_value=torch.tensor([fill], device=dev), p=1.0,
         )  # fmt: skip
         cases["kornia RandomAffine (per sample)"] = lambda: kornia_affine(x)
-    tv_affine = v2.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=fill)
+    tv_affine = v2.RandomAffine(  # bilinear, as the other two (v2's default is nearest)
+        degrees=10.0,
+        translate=(0.1, 0.1),
+        scale=(0.9, 1.1),
+        fill=fill,
+        interpolation=v2.InterpolationMode.BILINEAR,
+    )
     cases["torchvision v2 RandomAffine (one draw per batch)"] = lambda: tv_affine(x)
 
     def sync() -> None:
@@ -325,7 +337,18 @@ def start_up(repeats: int, json_path: str | None) -> int:
 def main(args: argparse.Namespace) -> int:
     """Run the selected cases, each in a fresh process; print the table; write the JSON. Returns the exit status."""
     prog = "benchmark.py"
+    modes = [flag for flag, on in (("--augment", args.augment), ("--start-up", args.start_up),
+                                    ("--time-to-accuracy", args.time_to_accuracy)) if on]  # fmt: skip
+    if len(modes) > 1:
+        print(f"{prog}: error: {' and '.join(modes)} are separate runs; give one of them", file=sys.stderr)
+        return 2
     if args.augment:  # no data needed
+        if args.device == "cuda" and not _cuda_available():
+            print(
+                f"{prog}: error: --device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)",
+                file=sys.stderr,
+            )
+            return 2
         if args.repeats < 1:
             print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
             return 2

@@ -5,6 +5,7 @@
 #      cnn-fast on the GPU, each as a whole process (wall time) with its test accuracy;
 #   3. the benchmark's epoch cases on --device cuda (1 round, 3 repeats);
 #   4. --compile, and CUDA graphs (torch.compile(mode="reduce-overhead")) on a bare training step.
+#   5. one epoch with --batch-size auto (Lightning's batch-size finder), the size it found in the table.
 # It prints one table at the end and exits non-zero if any step failed.
 #
 #   scripts/gpu_check.sh [DATA_DIR]      (default: $LIT_MNIST_DATA_DIR, else ../shared/data)
@@ -27,12 +28,14 @@ GPU="$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")"
 run() {
     local name="$1"; shift
     local log="$OUT/${name//[^A-Za-z0-9_-]/_}.log"
-    local start end status acc
+    local start end status acc found
     start=$(date +%s.%N)
     "$@" >"$log" 2>&1
     status=$?
     end=$(date +%s.%N)
     acc="$(grep -o 'Test accuracy: [0-9.]*%' "$log" | tail -1 | cut -d' ' -f3)"
+    found="$(grep -o 'Batch-size finder: --batch-size [0-9]*' "$log" | tail -1 | cut -d' ' -f4)"
+    [ -n "$found" ] && acc="$acc (batch size $found)"
     rows+=("$(printf '%-34s %-6s %8.1f s  %s' "$name" "$([ $status = 0 ] && echo ok || echo FAIL)" \
         "$(echo "$end - $start" | bc)" "${acc:--}")")
     if [ $status != 0 ]; then

@@ -83,6 +83,7 @@ def test_usage_errors_are_one_line_with_status_2(tiny_data: Path, tmp_path: Path
         (["--data-dir", str(tiny_data), "--cases", "a,x"], "--cases"),
         (["--data-dir", str(tiny_data), "--repeats", "0"], "--repeats must be >= 1"),
         (["--device", "tpu"], "--device"),
+        (["--augment", "--start-up"], "--augment and --start-up are separate runs; give one of them"),
     ):
         proc = run_benchmark(*args, timeout=300)
         assert proc.returncode == 2, (args, proc.stderr)

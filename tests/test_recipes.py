@@ -245,7 +245,7 @@ def test_swa_saves_and_tests_the_averaged_weights(run_args: list[str], tmp_path:
         ),
         (
             ["--batch-size", "auto", "--accelerator", "cpu"],
-            "--batch-size auto finds the largest batch that fits in the GPU's memory, and this run is on the CPU",
+            "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and this run is on the CPU",
         ),
         (["--batch-size", "big"], "--batch-size expects an int or auto, got 'big'"),
         (["--augment-degrees", "200"], "--augment-degrees must be in [0, 180]"),
@@ -284,6 +284,50 @@ def test_batch_size_finder_doubles_up_to_its_limit(tiny_data: Path) -> None:
     assert cfg.batch_size == 32  # the run's own flags are left as they were
     # past the training split (500 images) Lightning stops doubling and returns the size it reached
     assert find_batch_size(cfg) == 512
+
+
+def test_batch_size_auto_trains_with_the_size_found_and_records_it(
+    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train() with --batch-size auto (the CLI refuses it on the CPU before train(); the cap is lowered to 16 so
+    the search is short): the size is printed, trained with, recorded in config.yaml, and the resume line says it."""
+    import lit_mnist.cli.train as cli
+
+    monkeypatch.setattr(cli, "BATCH_SIZE_AUTO_MAX", 16)
+    args = [*run_args, "--max-epochs", "1", "--batch-size", "auto"]
+    cfg = parse_args([*run_args, "--max-epochs", "1", "--batch-size", "32"])  # parsed with a number ...
+    cfg.batch_size = "auto"  # ... then set as the CLI would pass it on a GPU
+    results = cli.train(cfg)
+    assert cfg.batch_size == 16
+    out = capsys.readouterr().out
+    assert "Batch-size finder: --batch-size 16, used" in out
+    run = tmp_path / "logs" / "version_0"
+    assert "batch_size: 16" in (run / "config.yaml").read_text().splitlines()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["batch_size"] == 16
+    cli.print_summary(results, cfg, args)
+    assert "then --batch-size 16 (what the finders gave; a resume does not search)" in capsys.readouterr().out
+
+
+def test_resume_commands_replace_the_finders_flags_with_their_values() -> None:
+    from lit_mnist.cli.train import _resolved
+
+    cfg = parse_args(["--lr", "0.0123", "--batch-size", "512"])
+    args = ["--lr-find", "--lr", "auto", "--batch-size=auto", "--max-epochs", "3"]
+    assert _resolved(args, cfg) == [
+        "--lr",
+        "auto",
+        "--batch-size=auto",
+        "--max-epochs",
+        "3",
+        "--batch-size",
+        "512",
+        "--lr",
+        "0.0123",
+    ]  # fmt: skip  (the later flags win)
+    assert _resolved(["--lr", "0.1", "--max-epochs", "3"], cfg) == ["--lr", "0.1", "--max-epochs", "3"]
+    # a resume command built so parses, and check_config takes it with --ckpt-path
+    assert parse_args([*_resolved(args, cfg), "--ckpt-path", "last"]).batch_size == 512
 
 
 def test_compile_trains_the_same_network(run_args: list[str], tmp_path: Path) -> None:

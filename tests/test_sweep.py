@@ -402,6 +402,18 @@ def test_bad_flags_exit_2_with_one_line_and_create_nothing(
     assert not (tmp_path / "logs").exists()
 
 
+def test_finders_are_refused_in_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--lr auto and --batch-size auto search before one run; a sweep's trials take numbers (one line, exit 2)."""
+    space = write_space(tmp_path / "space.yaml", {"dropout": [0.0, 0.1]})
+    args = ["--space", str(space), "--trials", "2", "--log-dir", str(tmp_path / "logs")]
+    line = _usage_error([*args, "--lr", "auto"], capsys)
+    assert "--lr auto runs a finder before one training run, and a sweep's trials take numbers" in line
+    assert "--batch-size auto finds the largest batch" in _usage_error(
+        [*args, "--batch-size", "auto"], capsys
+    )
+    assert not (tmp_path / "logs").exists()
+
+
 def test_other_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     logs = tmp_path / "logs"
     space = write_space(tmp_path / "space.yaml", {"lr": [0.01, 0.1]})

@@ -169,9 +169,9 @@ def get_parser(prog: str = "train.py") -> ArgumentParser:
         defaults={"steps_per_batch": STEPS_PER_BATCH, "val_size": None},
         types={"batch_size": int | Literal["auto"]},
         helps={
-            "batch_size": "Samples per batch (per device under DDP); auto: the largest that fits in the GPU's "
-            "memory, found before training by Lightning's batch-size finder (Tuner.scale_batch_size, doubling "
-            f"from 2 to at most {BATCH_SIZE_AUTO_MAX}, one process); GPU only.",
+            "batch_size": "Samples per batch (per device under DDP); auto: the largest that fits in the CUDA "
+            "GPU's memory, found before training by Lightning's batch-size finder (Tuner.scale_batch_size, "
+            f"doubling from 2; its cap, {BATCH_SIZE_AUTO_MAX}, is returned untried), in one process.",
             "data_dir": f"Folder holding <Dataset>/raw, or with --dataset folder the image folder "
             f"(default: ${DATA_DIR_ENV}, else ./data).",
             "val_size": "Training images held out for validation: a count, or a fraction in (0, 1) "
@@ -480,11 +480,16 @@ def check_config(cfg: Namespace) -> None:
                 "--batch-size auto runs Lightning's batch-size finder in one process; run it with --devices 1 "
                 "and give the multi-device run the size it finds (--batch-size, per device)"
             )
-        if cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available()):
+        if cfg.accelerator == "mps" or not torch.cuda.is_available() or cfg.accelerator == "cpu":
+            where = (
+                "on Apple's GPU (MPS), whose out-of-memory errors Lightning's finder does not recognise"
+                if cfg.accelerator == "mps"
+                or (cfg.accelerator in ("auto", "gpu") and torch.backends.mps.is_available())
+                else "on the CPU, where memory is not what limits the batch"
+            )
             raise UsageError(
-                "--batch-size auto finds the largest batch that fits in the GPU's memory, and this run is on "
-                "the CPU, where memory is not what limits the batch: give --batch-size a number (64 to 256 "
-                "train MNIST well)"
+                "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and this run is "
+                f"{where}: give --batch-size a number (64 to 256 train MNIST well)"
             )
     if cfg.lr_find or cfg.lr == "auto":
         flag = "--lr auto" if cfg.lr == "auto" else "--lr-find"
@@ -808,8 +813,9 @@ def find_batch_size(cfg: Namespace, max_val: int | None = None) -> int:
     """Lightning's batch-size finder on the run's data and model: the batch size to train with.
 
     ``Tuner.scale_batch_size`` in ``"power"`` mode: from 2, doubled after every 3 training steps that
-    fit in the device's memory, up to ``max_val`` (default :data:`BATCH_SIZE_AUTO_MAX`) or the training
-    split's size; what it returns is used as Lightning's documentation says. A plain Trainer in this
+    fit in the device's memory; Lightning stops at ``max_val`` (default :data:`BATCH_SIZE_AUTO_MAX`),
+    which it returns without a try, or at the first power of 2 that reaches the training split's size.
+    What it returns is used, as Lightning's documentation says. A plain Trainer in this
     process (one step per batch, as the Tuner needs), no loggers; its temporary checkpoint goes to a
     temporary folder; the model it searched with is thrown away (the run builds its own after).
 
@@ -1219,8 +1225,8 @@ def _out_of_memory_message(err: BaseException, cfg: Namespace, trainer: L.Traine
     return f"out of memory on {trainer.strategy.root_device} during {stage} at --batch-size {cfg.batch_size}: {what}. Try: {'; '.join(hints)}{kept}"
 
 
-def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
-    """The few lines a user needs at the end of a run."""
+def print_summary(results: dict[str, Any], cfg: Namespace, args: list[str] | None = None) -> None:
+    """The few lines a user needs at the end of a run (``args``: its command line)."""
     print()
     print(f"Test accuracy: {results['test_acc']:.2%}  (test loss {results['test_loss']:.4f})")
     if results["best_checkpoint"]:
@@ -1229,8 +1235,10 @@ def print_summary(results: dict[str, Any], cfg: Namespace) -> None:
         print(
             f"Run folder:      {results['run_dir']}  (repeat it: --config {results['run_dir']}/{CONFIG_NAME})"
         )
+        found = _finder_values(args or [], cfg)
         print(
             f"Train further:   add --ckpt-path last --max-epochs N (N > {results['epochs']}) to the same flags"
+            + (f", then {' '.join(found)} (what the finders gave; a resume does not search)" if found else "")
         )
         for label, line in logger_lines(results, cfg):
             print(f"{label + ':':<17}{line}")
@@ -1296,7 +1304,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if _global_rank() == 0:
-        print_summary(results, cfg)
+        print_summary(results, cfg, list(sys.argv[1:] if argv is None else argv))
     return 0
 
 
@@ -1331,7 +1339,7 @@ def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace)
             f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
             "no checkpoint was written"
         )
-    resume = [*_without_flag(args, "--ckpt-path"), "--ckpt-path", str(stop.checkpoint)]
+    resume = [*_resolved(_without_flag(args, "--ckpt-path"), cfg), "--ckpt-path", str(stop.checkpoint)]
     return (
         f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
         f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
@@ -1348,6 +1356,23 @@ def _abort_message(abort: Aborted, prog: str) -> str:
         "and none is half-written"
         + (f"{kept}; --ckpt-path last resumes from it" if kept else "; no checkpoint of this run is on disk")
     )
+
+
+def _finder_values(args: list[str], cfg: Namespace) -> list[str]:
+    """The values the finders gave this run (``--batch-size N``, ``--lr X``) for those of ``args`` that asked
+    for them (``--batch-size auto``, ``--lr auto``): a resumed run refuses the finders, so it is given these."""
+    values = []
+    for flag, name in (("--batch-size", "batch_size"), ("--lr", "lr")):
+        given = [v for a, v in zip(args, [*args[1:], ""], strict=True) if a == flag]
+        given += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+        if given and given[-1] == "auto" and cfg[name] != "auto":
+            values += [flag, str(cfg[name])]
+    return values
+
+
+def _resolved(args: list[str], cfg: Namespace) -> list[str]:
+    """``args`` for a resume: without ``--lr-find`` (a resumed run refuses it), the finders' values last."""
+    return [arg for arg in args if arg not in ("--lr-find", "--no-lr-find")] + _finder_values(args, cfg)
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:

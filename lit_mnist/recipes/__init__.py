@@ -6,7 +6,8 @@ The files are plain ``--config`` files; a user can copy one and edit it.
 
 Each recipe's ``measured`` says what it reached and in how long, on which machine, with which command:
 numbers from runs, updated when a recipe changes (tests/test_recipes.py asserts the accuracies on the
-real MNIST; scripts/benchmark.py --time-to-accuracy measures the times).
+real MNIST; scripts/benchmark.py --time-to-accuracy measures the times, and cnn-best's is its own timed
+run, ``/usr/bin/time python scripts/train.py --recipe cnn-best ...``).
 """
 
 from __future__ import annotations
