@@ -20,7 +20,8 @@ import shlex
 import sys
 import warnings
 from argparse import ArgumentError
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -768,39 +769,50 @@ def build_profiler(name: str | None, run_dir: Path) -> Profiler | None:
     return PyTorchProfiler(dirpath=run_dir, filename="profile", on_trace_ready=trace, acc_events=True)
 
 
-def find_lr(cfg: Namespace) -> tuple[float, Any]:
-    """Lightning's learning-rate finder on the run's data and model: ``(suggestion, plot figure)``.
+@contextmanager
+def _tuning(
+    cfg: Namespace, searched: Namespace, what: str
+) -> Iterator[tuple[MNISTClassifier, Any, L.Trainer]]:
+    """The run's model and data, built from ``searched`` with one step per batch (as Lightning's Tuner
+    needs), and a plain Trainer in this process (no loggers, checkpoints, bars or summary) whose temporary
+    files go to a temporary folder; the finders' own notes on their short runs are quieted. The model is
+    thrown away after: the run builds its own, from the same seed."""
+    import tempfile
 
-    A plain Trainer in this process (one step per batch, as ``Tuner.lr_find`` needs), no loggers; the
-    finder's temporary checkpoint goes to a temporary folder. The model it searched with is thrown
-    away: the run builds its own after, from the same seed.
+    if searched.lr == "auto":
+        searched.lr = 1e-3  # the module needs a number; the finders do not train with it
+    datamodule = build_datamodule(searched, 1)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(searched, datamodule, 1)
+    with tempfile.TemporaryDirectory(prefix=f"lit_mnist_{what}_") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        yield (
+            model,
+            datamodule,
+            L.Trainer(
+                accelerator=cfg.accelerator,
+                devices=1,
+                precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                default_root_dir=tmp,
+                max_epochs=cfg.max_epochs,  # the finders take their own numbers of steps
+            ),
+        )
+
+
+def find_lr(cfg: Namespace) -> tuple[float, Any]:
+    """Lightning's learning-rate finder (``Tuner.lr_find``) on the run's data and model (:func:`_tuning`):
+    ``(suggestion, plot figure)``.
 
     Raises:
         RunError: when the finder has no suggestion (the loss never fell, or too few steps).
     """
-    import tempfile
-
-    searched = cfg.clone()
-    if searched.lr == "auto":
-        searched.lr = 1e-3  # the finder sweeps its own range; the module needs a number to start
-    datamodule = build_datamodule(searched, 1)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(searched, datamodule, 1)
-    with tempfile.TemporaryDirectory(prefix="lit_mnist_lr_find_") as tmp:
-        trainer = L.Trainer(
-            accelerator=cfg.accelerator,
-            devices=1,
-            precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp,
-            max_epochs=cfg.max_epochs,  # the finder takes its own number of steps; this only quiets a warning
-        )
-        with warnings.catch_warnings():  # the finder's own notes on its short runs
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            finder = Tuner(trainer).lr_find(model, datamodule=datamodule)
+    with _tuning(cfg, cfg.clone(), "lr_find") as (model, datamodule, trainer):
+        finder = Tuner(trainer).lr_find(model, datamodule=datamodule)
     suggestion = finder.suggestion() if finder is not None else None
     if suggestion is None or not math.isfinite(suggestion) or suggestion <= 0:
         raise RunError(
@@ -810,45 +822,22 @@ def find_lr(cfg: Namespace) -> tuple[float, Any]:
 
 
 def find_batch_size(cfg: Namespace, max_val: int | None = None) -> int:
-    """Lightning's batch-size finder on the run's data and model: the batch size to train with.
+    """Lightning's batch-size finder on the run's data and model (:func:`_tuning`): the batch size to train with.
 
     ``Tuner.scale_batch_size`` in ``"power"`` mode: from 2, doubled after every 3 training steps that
     fit in the device's memory; Lightning stops at ``max_val`` (default :data:`BATCH_SIZE_AUTO_MAX`),
     which it returns without a try, or at the first power of 2 that reaches the training split's size.
-    What it returns is used, as Lightning's documentation says. A plain Trainer in this
-    process (one step per batch, as the Tuner needs), no loggers; its temporary checkpoint goes to a
-    temporary folder; the model it searched with is thrown away (the run builds its own after).
+    What it returns is used, as Lightning's documentation says.
 
     Raises:
         RunError: when the finder returns no batch size.
     """
-    import tempfile
-
     searched = cfg.clone()
     searched.batch_size = 2  # the finder's start (init_val)
-    if searched.lr == "auto":
-        searched.lr = 1e-3  # the module needs a number; the rate is found after the batch size
-    datamodule = build_datamodule(searched, 1)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(searched, datamodule, 1)
-    with tempfile.TemporaryDirectory(prefix="lit_mnist_batch_size_") as tmp:
-        trainer = L.Trainer(
-            accelerator=cfg.accelerator,
-            devices=1,
-            precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp,
-            max_epochs=1,
+    with _tuning(cfg, searched, "batch_size") as (model, datamodule, trainer):
+        found = Tuner(trainer).scale_batch_size(
+            model, datamodule=datamodule, mode="power", init_val=2, max_val=max_val or BATCH_SIZE_AUTO_MAX
         )
-        with warnings.catch_warnings():  # the finder's own notes on its short runs
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-            found = Tuner(trainer).scale_batch_size(
-                model, datamodule=datamodule, mode="power", init_val=2, max_val=max_val or BATCH_SIZE_AUTO_MAX
-            )
     if not found:
         raise RunError("the batch-size finder found no batch size that fits; give --batch-size a number")
     return int(found)
