@@ -209,12 +209,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def augment_speed(repeats: int, device: str) -> int:
     """``--augment``: milliseconds per batch of 128 for each augmentation, rounds in turn (order reversed every
     other round), and each one's median against lit_mnist's."""
@@ -342,24 +336,8 @@ def main(args: argparse.Namespace) -> int:
     if len(modes) > 1:
         print(f"{prog}: error: {' and '.join(modes)} are separate runs; give one of them", file=sys.stderr)
         return 2
-    if args.augment:  # no data needed
-        if args.device == "cuda" and not _cuda_available():
-            print(
-                f"{prog}: error: --device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)",
-                file=sys.stderr,
-            )
-            return 2
-        if args.repeats < 1:
-            print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
-            return 2
-        return augment_speed(args.repeats, args.device)
-    if args.start_up:  # no data needed
-        if args.repeats < 1:
-            print(f"{prog}: error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
-            return 2
-        return start_up(args.repeats, args.json)
     try:
-        cases = _check_args(args)
+        cases = _check_args(args, needs_data=not (args.augment or args.start_up))
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -369,6 +347,10 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.augment:
+        return augment_speed(args.repeats, args.device)
+    if args.start_up:
+        return start_up(args.repeats, args.json)
     if args.time_to_accuracy:
         from lit_mnist.recipes import RECIPES
 
@@ -422,8 +404,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parent side
-def _check_args(args: argparse.Namespace) -> list[str]:
-    """Check what argparse cannot; return the cases in order. Raises ``ValueError`` with one line."""
+def _check_args(args: argparse.Namespace, needs_data: bool = True) -> list[str]:
+    """Check what argparse cannot (the data folder only when ``needs_data``); return the cases in order.
+    Raises ``ValueError`` with one line."""
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if not cases or unknown:
@@ -439,7 +422,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     raw = os.path.join(args.data_dir, "MNIST", "raw")
-    missing = [name for name in RAW_FILES if not os.path.isfile(os.path.join(raw, name))]
+    missing = [name for name in RAW_FILES if needs_data and not os.path.isfile(os.path.join(raw, name))]
     if missing:
         raise ValueError(
             f"--data-dir {args.data_dir}: {raw} lacks {', '.join(missing)} (uncompressed IDX files); "
