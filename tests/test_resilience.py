@@ -531,6 +531,7 @@ def test_sigterm_during_the_sanity_check(
 _SLOW_SAVES = """
 import sys, time
 import lit_mnist.checkpoints
+import lit_mnist.module
 from lit_mnist.cli.train import train_main
 
 real = lit_mnist.checkpoints.write_durable
@@ -542,7 +543,11 @@ def slow(path, write, check=None):  # every save holds its partial file for 3 s:
         time.sleep(3)
     real(path, write_slowly, check)
 
+def batch_end(self, outputs, batch, batch_idx):  # a line per batch: the test signals after a step it saw
+    print(f"trained step {self.trainer.global_step}", file=sys.stderr, flush=True)
+
 lit_mnist.checkpoints.write_durable = slow
+lit_mnist.module.MNISTClassifier.on_train_batch_end = batch_end
 sys.exit(train_main(sys.argv[1:]))
 """
 
@@ -574,8 +579,10 @@ def test_second_ctrl_c_while_the_stop_is_saved_exits_130(run_args: list[str], tm
 
     try:
         wait_for("saving ")  # epoch 0's last.ckpt is being written
-        while not (checkpoints / "last.ckpt").is_file():
-            time.sleep(0.05)
+        # A batch after that save: the stop then lands on a later step, whose checkpoint is still to be
+        # written (a Ctrl-C before epoch 1's first batch would stop at the step just saved: nothing to save)
+        wait_for("trained step ")
+        assert (checkpoints / "last.ckpt").is_file()
         proc.send_signal(signal.SIGINT)
         wait_for("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort).")
         wait_for("saving ")  # the stop's checkpoint
