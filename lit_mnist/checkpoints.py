@@ -247,7 +247,7 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
         for key in RUN_DEFINING:
             if not _applies(key, saved_hparams.get("model")):
                 continue
-            if key in saved_hparams and _plain(saved_hparams[key]) != _plain(model.hparams.get(key)):
+            if key in saved_hparams and _defining(key, saved_hparams) != _defining(key, model.hparams):
                 raise CheckpointError(
                     f"{path} was written with --{key.replace('_', '-')} {_shown(saved_hparams[key])} and this "
                     f"run asks for {_shown(model.hparams.get(key))}; resume it with the flags it was started "
@@ -270,6 +270,20 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
+
+
+def _defining(key: str, hparams: Mapping[str, Any]) -> Any:
+    """``hparams[key]`` as the network it builds sees it: one kernel size is every block's (``3`` = ``3 3 3``)."""
+    value = _plain(hparams.get(key))
+    channels = hparams.get("cnn_channels")
+    if (
+        key == "cnn_kernel_sizes"
+        and isinstance(value, list)
+        and len(value) == 1
+        and isinstance(channels, list | tuple)
+    ):
+        return value * len(channels)
+    return value
 
 
 def _shown(value: Any) -> str:

@@ -2,8 +2,8 @@
 
 Importing torch and Lightning creates millions of long-lived objects (modules, functions, classes) and
 next to no garbage, yet the cyclic garbage collector walks over them again and again while they are
-made (about 1 s of a 5 s import on the 2-core CPU) and once more when the interpreter exits (about
-1 s more). :func:`quiet_gc_imports` turns the collector off for the imports and then ``gc.freeze()``\\ s
+made and once more when the interpreter exits (``scripts/benchmark.py --start-up`` measures both;
+the README quotes it). :func:`quiet_gc_imports` turns the collector off for the imports and then ``gc.freeze()``\\ s
 what they made (``gc.freeze``: "move them to a permanent generation and ignore them in all the future
 collections"): they stay alive as they would have anyway, and later collections skip them.
 :func:`exit_code` freezes again just before the process ends.

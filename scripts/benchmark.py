@@ -205,8 +205,73 @@ def get_parser() -> argparse.ArgumentParser:
         "(+-10 deg, +-10%% shift and zoom): lit_mnist's RandomAffine against kornia's (if installed) and "
         "torchvision v2's (one draw per batch), in turn; --repeats rounds of 20 calls (medians).",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="Instead of epochs: time training steps (Adam, random batches) of the default CNN (batch 128) and of "
+        "cnn-fast's (batch 256) with their convolution weights channels-last and contiguous, in turn; "
+        "--repeats rounds of 20 steps (medians, images/s).",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def layout_speed(repeats: int, device: str) -> int:
+    """``--channels-last``: images/s of training steps of two CNNs, built by MNISTClassifier with
+    ``channels_last`` on and off, the layouts in turn (the order swapped every other round); the medians and
+    their ratio, channels-last / contiguous."""
+    import torch
+    import yaml
+
+    from lit_mnist.module import MNISTClassifier
+    from lit_mnist.recipes import recipe_path
+
+    dev = torch.device(
+        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    fast = yaml.safe_load(recipe_path("cnn-fast").read_text())
+    networks = {
+        "default CNN, batch 128": ({}, 128),
+        "cnn-fast's CNN, batch 256": (
+            {k: fast[k] for k in ("cnn_channels", "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size")},
+            int(fast["batch_size"]),
+        ),
+    }
+    print(f"training steps on {dev} (Adam, random batches), {repeats} rounds of 20 steps after 3, medians")
+    print(f"{'':28}{'contiguous':>14}{'channels-last':>16}{'ratio':>8}")
+    for name, (flags, batch) in networks.items():
+        torch.manual_seed(0)
+        x = torch.randn(batch, 1, 28, 28, device=dev)
+        y = torch.randint(0, 10, (batch,), device=dev)
+        steps = {}
+        for layout in ("contiguous", "channels-last"):
+            net = MNISTClassifier(model="cnn", channels_last=layout == "channels-last", **flags).net.to(dev)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+            def step(net: Any = net, opt: Any = opt, x: Any = x, y: Any = y) -> None:
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+
+            for _ in range(3):
+                step()
+            steps[layout] = step
+        rates: dict[str, list[float]] = {layout: [] for layout in steps}
+        order = list(steps)
+        for r in range(repeats):
+            for layout in order if r % 2 == 0 else order[::-1]:
+                _sync(dev)
+                start = time.perf_counter()
+                for _ in range(20):
+                    steps[layout]()
+                _sync(dev)
+                rates[layout].append(20 * batch / (time.perf_counter() - start))
+        med = {layout: statistics.median(v) for layout, v in rates.items()}
+        print(
+            f"{name:28}{med['contiguous']:10,.0f} i/s{med['channels-last']:12,.0f} i/s"
+            f"{med['channels-last'] / med['contiguous']:7.2f}x"
+        )
+    return 0
 
 
 def augment_speed(repeats: int, device: str) -> int:
@@ -332,12 +397,13 @@ def main(args: argparse.Namespace) -> int:
     """Run the selected cases, each in a fresh process; print the table; write the JSON. Returns the exit status."""
     prog = "benchmark.py"
     modes = [flag for flag, on in (("--augment", args.augment), ("--start-up", args.start_up),
+                                    ("--channels-last", args.channels_last),
                                     ("--time-to-accuracy", args.time_to_accuracy)) if on]  # fmt: skip
     if len(modes) > 1:
         print(f"{prog}: error: {' and '.join(modes)} are separate runs; give one of them", file=sys.stderr)
         return 2
     try:
-        cases = _check_args(args, needs_data=not (args.augment or args.start_up))
+        cases = _check_args(args, needs_data=not (args.augment or args.start_up or args.channels_last))
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -351,6 +417,8 @@ def main(args: argparse.Namespace) -> int:
         return augment_speed(args.repeats, args.device)
     if args.start_up:
         return start_up(args.repeats, args.json)
+    if args.channels_last:
+        return layout_speed(args.repeats, args.device)
     if args.time_to_accuracy:
         from lit_mnist.recipes import RECIPES
 

@@ -10,14 +10,20 @@
 #
 #   scripts/gpu_check.sh [DATA_DIR]      (default: $LIT_MNIST_DATA_DIR, else ../shared/data)
 set -uo pipefail
+# a DATA_DIR argument is relative to where the script is called from; the default, to the repository
+DATA_ARG="${1:+$(realpath -m -- "$1")}"
 cd "$(dirname "$0")/.."
 
-DATA="${1:-${LIT_MNIST_DATA_DIR:-../shared/data}}"
+DATA="${DATA_ARG:-${LIT_MNIST_DATA_DIR:-../shared/data}}"
 OUT="$(mktemp -d -t lit_mnist_gpu_check.XXXXXX)"
 PY="${PYTHON:-python}"
 failed=0
 rows=()
 
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "gpu_check.sh: $PY cannot import torch; activate the project's virtualenv (or set PYTHON=...)" >&2
+    exit 2
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh: no CUDA GPU is visible (torch.cuda.is_available() is False); run it on a GPU machine" >&2
     exit 2
@@ -37,7 +43,7 @@ run() {
     found="$(grep -o 'Batch-size finder: --batch-size [0-9]*' "$log" | tail -1 | cut -d' ' -f4)"
     [ -n "$found" ] && acc="$acc (batch size $found)"
     rows+=("$(printf '%-34s %-6s %8.1f s  %s' "$name" "$([ $status = 0 ] && echo ok || echo FAIL)" \
-        "$(echo "$end - $start" | bc)" "${acc:--}")")
+        "$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" "${acc:--}")")
     if [ $status != 0 ]; then
         failed=1
         echo "--- $name failed (exit $status); the end of its output:" >&2
@@ -89,7 +95,7 @@ rows = [r for f in glob.glob(sys.argv[1] + "/version_*/metrics.csv") for r in cs
 secs = [float(r["perf/epoch_time_s"]) - float(r["perf/val_time_s"]) for r in rows if r.get("perf/epoch_time_s")]
 print(f"{sum(secs):.2f}" if secs else "-")
 EOF
-)"
+)" || { echo "--- the classic recipe's training time could not be read from its metrics.csv" >&2; failed=1; }
 
 echo
 echo "GPU check on $GPU, $(date -u +%Y-%m-%dT%H:%MZ), logs in $OUT"
@@ -97,7 +103,10 @@ printf '%-34s %-6s %10s  %s\n' "step" "status" "wall" "test accuracy"
 printf '%s\n' "${rows[@]}"
 echo "classic recipe, training time of its 10 epochs (EpochSpeed): ${TRAIN_S} s (goal <= 2 s)"
 grep -h "ms/step" "$OUT"/torch_compile_reduce-overhead_step.log 2>/dev/null
-[ -f "$OUT/bench.json" ] && "$PY" -c "
+if [ -f "$OUT/bench.json" ]; then
+    "$PY" -c "
 import json,sys; r=json.load(open(sys.argv[1]))
-print('benchmark ratios:', {k: round(v, 2) if isinstance(v, float) else v for k, v in r.get('ratios', {}).items()})" "$OUT/bench.json"
+print('benchmark ratios:', {k: round(v, 2) if isinstance(v, float) else v for k, v in r.get('ratios', {}).items()})" \
+        "$OUT/bench.json" || { echo "--- the benchmark's ratios could not be read from $OUT/bench.json" >&2; failed=1; }
+fi
 exit $failed

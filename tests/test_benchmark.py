@@ -84,6 +84,10 @@ def test_usage_errors_are_one_line_with_status_2(tiny_data: Path, tmp_path: Path
         (["--data-dir", str(tiny_data), "--repeats", "0"], "--repeats must be >= 1"),
         (["--device", "tpu"], "--device"),
         (["--augment", "--start-up"], "--augment and --start-up are separate runs; give one of them"),
+        (
+            ["--channels-last", "--time-to-accuracy"],
+            "--channels-last and --time-to-accuracy are separate runs",
+        ),
     ):
         proc = run_benchmark(*args, timeout=300)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -169,6 +173,17 @@ def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path
     assert report["ratio"] == pytest.approx(pair)  # one pair: its ratio is the median
     bad = run_benchmark("--start-up", "--repeats", "0", timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "benchmark.py: error: --repeats must be >= 1, got 0"
+
+
+def test_channels_last_times_both_layouts_of_both_cnns() -> None:
+    proc = run_benchmark("--channels-last", "--repeats", "1", "--device", "cpu", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line[:28].strip(): line[28:].split() for line in proc.stdout.splitlines() if line.endswith("x")}
+    assert set(rows) == {"default CNN, batch 128", "cnn-fast's CNN, batch 256"}
+    for contiguous, _, channels_last, _, ratio in rows.values():
+        plain, fast = float(contiguous.replace(",", "")), float(channels_last.replace(",", ""))
+        assert plain > 0 and fast > 0
+        assert float(ratio[:-1]) == pytest.approx(fast / plain, abs=0.01)
 
 
 def test_augment_times_each_augmentation_against_lit_mnists() -> None:

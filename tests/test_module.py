@@ -234,10 +234,14 @@ def test_a_subclass_network_keeps_its_own_layout() -> None:
     class Own(MNISTClassifier):
         def build_network(self) -> torch.nn.Module:
             return torch.nn.Sequential(
-                torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)
+                torch.nn.Conv2d(1, 4, 3),
+                torch.nn.Conv2d(4, 8, 3),
+                torch.nn.Flatten(),
+                torch.nn.Linear(8 * 24 * 24, 10),
             )
 
-    assert Own(model="cnn").net[0].weight.is_contiguous()
+    weight = Own(model="cnn").net[1].weight  # 4 input channels: the two layouts differ (with 1 they coincide)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_a_checkpoint_from_before_the_cnn_flags_loads_and_resumes(
@@ -261,3 +265,7 @@ def test_a_checkpoint_from_before_the_cnn_flags_loads_and_resumes(
     assert model.hparams["cnn_channels"] == [32, 64] and model.hparams["betas"] == [0.9, 0.999]
     assert train_main([*args, "--max-epochs", "2", "--ckpt-path", "last"]) == 0
     assert "Test accuracy:" in capsys.readouterr().out
+    # one kernel size is every block's: `3 3` is the same network as the saved `3`, and resumes
+    assert (
+        train_main([*args, "--max-epochs", "3", "--ckpt-path", "last", "--cnn-kernel-sizes", "3", "3"]) == 0
+    )

@@ -151,10 +151,19 @@ def test_augmentation_with_the_torchvision_loader_is_refused() -> None:
         MNISTDataModule(loader="torchvision", augment_degrees=10)
 
 
+@pytest.mark.parametrize(
+    "network",
+    [
+        [],
+        ["--model", "cnn", "--cnn-channels", "8", "16", "--cnn-hidden-size", "32"],
+    ],  # the CNN: channels-last
+    ids=["mlp", "cnn"],
+)
 def test_augmented_run_resumes_bit_exact_after_a_signal(
-    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    network: list[str], run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     augment = [
+        *network,
         "--augment-degrees",
         "10",
         "--augment-translate",
@@ -181,6 +190,8 @@ def test_augmented_run_resumes_bit_exact_after_a_signal(
     resumed = torch.load(tmp_path / "split/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+    if network:
+        return
     plain = tmp_path / "plain"
     assert train_main([*run_args, "--max-epochs", "2", "--log-dir", str(plain)]) == 0
     unaugmented = torch.load(plain / "version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
@@ -240,12 +251,14 @@ def test_swa_saves_and_tests_the_averaged_weights(run_args: list[str], tmp_path:
         (["--lr", "fast"], "--lr expects a float or auto, got 'fast'"),
         (["--batch-size", "auto", "--ckpt-path", "last"], "--batch-size auto searches a batch size before"),
         (
-            ["--batch-size", "auto", "--devices", "2", "--accelerator", "cpu"],
-            "--batch-size auto runs Lightning's batch-size finder in one process",
-        ),
-        (
             ["--batch-size", "auto", "--accelerator", "cpu"],
             "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and this run is on the CPU",
+        ),
+        pytest.param(
+            ["--batch-size", "auto", "--accelerator", "gpu"],
+            "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and no CUDA GPU is "
+            "visible for --accelerator gpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible"),
         ),
         (["--batch-size", "big"], "--batch-size expects an int or auto, got 'big'"),
         (["--augment-degrees", "200"], "--augment-degrees must be in [0, 180]"),
@@ -294,9 +307,9 @@ def test_batch_size_auto_trains_with_the_size_found_and_records_it(
     import lit_mnist.cli.train as cli
 
     monkeypatch.setattr(cli, "BATCH_SIZE_AUTO_MAX", 16)
-    args = [*run_args, "--max-epochs", "1", "--batch-size", "auto"]
     cfg = parse_args([*run_args, "--max-epochs", "1", "--batch-size", "32"])  # parsed with a number ...
     cfg.batch_size = "auto"  # ... then set as the CLI would pass it on a GPU
+    asked = cli.searched(cfg)
     results = cli.train(cfg)
     assert cfg.batch_size == 16
     out = capsys.readouterr().out
@@ -305,16 +318,32 @@ def test_batch_size_auto_trains_with_the_size_found_and_records_it(
     assert "batch_size: 16" in (run / "config.yaml").read_text().splitlines()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["datamodule_hyper_parameters"]["batch_size"] == 16
-    cli.print_summary(results, cfg, args)
+    cli.print_summary(results, cfg, asked)
     assert "then --batch-size 16 (what the finders gave; a resume does not search)" in capsys.readouterr().out
 
 
-def test_resume_commands_replace_the_finders_flags_with_their_values() -> None:
-    from lit_mnist.cli.train import _resolved
+def test_batch_size_auto_on_several_gpus_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a machine with two CUDA GPUs (as torch reports them here), the finder runs on one device only."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--batch-size", "auto", "--accelerator", "gpu", "--devices", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "--batch-size auto runs Lightning's batch-size finder in one process" in err[0]
+    ), err
+
+
+def test_resume_commands_replace_the_finders_flags_with_their_values(tmp_path: Path) -> None:
+    from lit_mnist.cli.train import _resolved, get_parser, searched
 
     cfg = parse_args(["--lr", "0.0123", "--batch-size", "512"])
+    asked = frozenset({"lr", "batch_size", "lr_find"})
     args = ["--lr-find", "--lr", "auto", "--batch-size=auto", "--max-epochs", "3"]
-    assert _resolved(args, cfg) == [
+    assert _resolved(args, asked, cfg) == [
         "--lr",
         "auto",
         "--batch-size=auto",
@@ -324,10 +353,28 @@ def test_resume_commands_replace_the_finders_flags_with_their_values() -> None:
         "512",
         "--lr",
         "0.0123",
+        "--no-lr-find",
     ]  # fmt: skip  (the later flags win)
-    assert _resolved(["--lr", "0.1", "--max-epochs", "3"], cfg) == ["--lr", "0.1", "--max-epochs", "3"]
+    assert _resolved(["--lr", "0.1", "--max-epochs", "3"], searched(cfg), cfg) == [
+        "--lr",
+        "0.1",
+        "--max-epochs",
+        "3",
+    ]
     # a resume command built so parses, and check_config takes it with --ckpt-path
-    assert parse_args([*_resolved(args, cfg), "--ckpt-path", "last"]).batch_size == 512
+    assert parse_args([*_resolved(args, asked, cfg), "--ckpt-path", "last"]).batch_size == 512
+
+    # the finders asked for in a config file: what a run's `--config` asks is what the resume overrides
+    config = tmp_path / "finders.yaml"
+    config.write_text("lr: auto\nbatch_size: auto\nlr_find: true\nmax_epochs: 3\n")
+    from_file = get_parser().parse_args(["--config", str(config)])  # unchecked: check_config needs a GPU here
+    asked = searched(from_file)  # taken before train(), which puts the values found in place of auto
+    assert asked == frozenset({"lr", "batch_size", "lr_find"})
+    from_file.lr, from_file.batch_size = 0.0123, 512  # as train() leaves them
+    resume = [*_resolved(["--config", str(config)], asked, from_file), "--ckpt-path", "last"]
+    assert resume[:2] == ["--config", str(config)]
+    resumed = parse_args(resume)
+    assert (resumed.lr, resumed.batch_size, resumed.lr_find) == (0.0123, 512, False)
 
 
 def test_compile_trains_the_same_network(run_args: list[str], tmp_path: Path) -> None:

@@ -259,14 +259,14 @@ def trial_config(parser: ArgumentParser, base: Mapping[str, Any], values: Mappin
     """
     cfg = parser.parse_object({**base, **values})
     check_not_null(cfg, parser)
-    check_config(cfg)
-    for name in ("lr", "batch_size"):
+    for name in ("lr", "batch_size"):  # before check_config, whose refusal of auto depends on the machine
         if cfg[name] == "auto":
             flag = "--" + name.replace("_", "-")
             raise UsageError(
                 f"{flag} auto runs a finder before one training run, and a sweep's trials take numbers: give "
                 f"{flag} a number, or search it in the space ({name}: {{low: ..., high: ...}})"
             )
+    check_config(cfg)
     if world_size(cfg) != 1:
         raise UsageError(
             f"--devices {cfg.devices} --num-nodes {cfg.num_nodes}: a trial runs in the sweep's own process, on "

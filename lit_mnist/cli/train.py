@@ -476,21 +476,23 @@ def check_config(cfg: Namespace) -> None:
                 "--batch-size auto searches a batch size before training starts; a resumed run (--ckpt-path) "
                 "keeps its own: give it the number it trained with"
             )
+        if cfg.accelerator == "mps" or not torch.cuda.is_available() or cfg.accelerator == "cpu":
+            if cfg.accelerator == "mps" or (
+                cfg.accelerator in ("auto", "gpu") and torch.backends.mps.is_available()
+            ):
+                where = "this run is on Apple's GPU (MPS), whose out-of-memory errors Lightning's finder does not recognise"
+            elif cfg.accelerator in ("gpu", "cuda"):
+                where = f"no CUDA GPU is visible for --accelerator {cfg.accelerator}"
+            else:
+                where = "this run is on the CPU, where memory is not what limits the batch"
+            raise UsageError(
+                "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and "
+                f"{where}: give --batch-size a number (64 to 256 train MNIST well)"
+            )
         if world_size(cfg) != 1:
             raise UsageError(
                 "--batch-size auto runs Lightning's batch-size finder in one process; run it with --devices 1 "
                 "and give the multi-device run the size it finds (--batch-size, per device)"
-            )
-        if cfg.accelerator == "mps" or not torch.cuda.is_available() or cfg.accelerator == "cpu":
-            where = (
-                "on Apple's GPU (MPS), whose out-of-memory errors Lightning's finder does not recognise"
-                if cfg.accelerator == "mps"
-                or (cfg.accelerator in ("auto", "gpu") and torch.backends.mps.is_available())
-                else "on the CPU, where memory is not what limits the batch"
-            )
-            raise UsageError(
-                "--batch-size auto finds the largest batch that fits in a CUDA GPU's memory, and this run is "
-                f"{where}: give --batch-size a number (64 to 256 train MNIST well)"
             )
     if cfg.lr_find or cfg.lr == "auto":
         flag = "--lr auto" if cfg.lr == "auto" else "--lr-find"
@@ -792,7 +794,7 @@ def _tuning(
             datamodule,
             L.Trainer(
                 accelerator=cfg.accelerator,
-                devices=1,
+                devices=parse_devices(cfg.devices),  # one (checked), the one the run trains on
                 precision=PRECISION_ALIASES.get(cfg.precision, cfg.precision),
                 logger=False,
                 enable_checkpointing=False,
@@ -1214,8 +1216,8 @@ def _out_of_memory_message(err: BaseException, cfg: Namespace, trainer: L.Traine
     return f"out of memory on {trainer.strategy.root_device} during {stage} at --batch-size {cfg.batch_size}: {what}. Try: {'; '.join(hints)}{kept}"
 
 
-def print_summary(results: dict[str, Any], cfg: Namespace, args: list[str] | None = None) -> None:
-    """The few lines a user needs at the end of a run (``args``: its command line)."""
+def print_summary(results: dict[str, Any], cfg: Namespace, asked: frozenset[str] = frozenset()) -> None:
+    """The few lines a user needs at the end of a run (``asked``: the finders it ran, :func:`searched`)."""
     print()
     print(f"Test accuracy: {results['test_acc']:.2%}  (test loss {results['test_loss']:.4f})")
     if results["best_checkpoint"]:
@@ -1224,7 +1226,7 @@ def print_summary(results: dict[str, Any], cfg: Namespace, args: list[str] | Non
         print(
             f"Run folder:      {results['run_dir']}  (repeat it: --config {results['run_dir']}/{CONFIG_NAME})"
         )
-        found = _finder_values(args or [], cfg)
+        found = _finder_values(asked, cfg)
         print(
             f"Train further:   add --ckpt-path last --max-epochs N (N > {results['epochs']}) to the same flags"
             + (f", then {' '.join(found)} (what the finders gave; a resume does not search)" if found else "")
@@ -1273,13 +1275,13 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
     cfg = parse_args(argv, prog)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
+    asked = searched(cfg)  # before train() puts the values found in the place of auto
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         results = train(cfg)
     except Interrupted as stop:
         if _global_rank() == 0:
-            print(
-                _stop_message(stop, list(sys.argv[1:] if argv is None else argv), prog, cfg), file=sys.stderr
-            )
+            print(_stop_message(stop, args, prog, cfg, asked), file=sys.stderr)
         return stop.exit_status
     except Aborted as abort:
         if _global_rank() == 0:
@@ -1293,11 +1295,13 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if _global_rank() == 0:
-        print_summary(results, cfg, list(sys.argv[1:] if argv is None else argv))
+        print_summary(results, cfg, asked)
     return 0
 
 
-def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace) -> str:
+def _stop_message(
+    stop: Interrupted, args: list[str], prog: str, cfg: Namespace, asked: frozenset[str] = frozenset()
+) -> str:
     """What a signal stopped and what was saved (one line), then the command that goes on from there."""
     train_cmd = "python scripts/train.py"
     if stop.stage == "finished":
@@ -1328,7 +1332,7 @@ def _stop_message(stop: Interrupted, args: list[str], prog: str, cfg: Namespace)
             f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
             "no checkpoint was written"
         )
-    resume = [*_resolved(_without_flag(args, "--ckpt-path"), cfg), "--ckpt-path", str(stop.checkpoint)]
+    resume = [*_resolved(_without_flag(args, "--ckpt-path"), asked, cfg), "--ckpt-path", str(stop.checkpoint)]
     return (
         f"{prog}: {stop.signal_name} stopped training in epoch {stop.epoch} after step {stop.step}; "
         f"saved {stop.checkpoint}\nResume with: {train_cmd} {shlex.join(resume)}"
@@ -1347,21 +1351,28 @@ def _abort_message(abort: Aborted, prog: str) -> str:
     )
 
 
-def _finder_values(args: list[str], cfg: Namespace) -> list[str]:
-    """The values the finders gave this run (``--batch-size N``, ``--lr X``) for those of ``args`` that asked
-    for them (``--batch-size auto``, ``--lr auto``): a resumed run refuses the finders, so it is given these."""
+def searched(cfg: Namespace) -> frozenset[str]:
+    """The finders this run asks for, from its flags or its config file: ``batch_size`` and ``lr`` where
+    they are ``auto``, ``lr_find`` for ``--lr-find``. Taken before :func:`train`, which puts the values found
+    in their place."""
+    asked = {name for name in ("batch_size", "lr") if cfg[name] == "auto"}
+    return frozenset(asked | ({"lr_find"} if cfg.lr_find else set()))
+
+
+def _finder_values(asked: frozenset[str], cfg: Namespace) -> list[str]:
+    """What a resume of this run adds to its flags: the values the finders gave (``--batch-size N``,
+    ``--lr X``) for those it asked for (:func:`searched`), and ``--no-lr-find``, as a resumed run refuses
+    the finders. Flags last, so they override a config file or recipe that asked for a finder."""
     values = []
     for flag, name in (("--batch-size", "batch_size"), ("--lr", "lr")):
-        given = [v for a, v in zip(args, [*args[1:], ""], strict=True) if a == flag]
-        given += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
-        if given and given[-1] == "auto" and cfg[name] != "auto":
+        if name in asked and cfg[name] != "auto":
             values += [flag, str(cfg[name])]
-    return values
+    return values + (["--no-lr-find"] if "lr_find" in asked else [])
 
 
-def _resolved(args: list[str], cfg: Namespace) -> list[str]:
+def _resolved(args: list[str], asked: frozenset[str], cfg: Namespace) -> list[str]:
     """``args`` for a resume: without ``--lr-find`` (a resumed run refuses it), the finders' values last."""
-    return [arg for arg in args if arg not in ("--lr-find", "--no-lr-find")] + _finder_values(args, cfg)
+    return [arg for arg in args if arg not in ("--lr-find", "--no-lr-find")] + _finder_values(asked, cfg)
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:
