@@ -398,7 +398,9 @@ def _has_compiler() -> bool:
 
 # --------------------------------------------------------------------------- real MNIST
 @pytest.mark.slow
-@pytest.mark.parametrize(("recipe", "floor"), [("mlp-best", 0.985), ("cnn-fast", 0.990)])
+@pytest.mark.parametrize(  # classic: 97.52% measured; its floor leaves room for another CPU's rounding
+    ("recipe", "floor"), [("classic", 0.972), ("mlp-best", 0.985), ("cnn-fast", 0.990)]
+)
 def test_recipe_reaches_its_accuracy_on_real_mnist(
     recipe: str, floor: float, real_data_dir: Path, tmp_path: Path
 ) -> None:
