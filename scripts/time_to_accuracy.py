@@ -14,6 +14,10 @@ Run through ``python scripts/benchmark.py --time-to-accuracy`` (see its ``--help
 and once, for reference, **the seed's classic loop**: torchvision ``MNIST`` + ``ToTensor``/``Normalize``
 + ``DataLoader(batch_size=64, shuffle=True)``, the MLP 784-128-64-10, SGD 0.01 momentum 0.9, 10 epochs
 (this file, ``--classic``). ``--repeats N`` runs every process N times, in turn, and reports medians.
+Each recipe's train.py runs (median accuracy, median wall time) are checked against the recipe's target
+(``lit_mnist.recipes``: test accuracy, and wall time and epochs where it has them) and the verdict printed.
+``--train-flags`` adds train.py flags after ``--recipe NAME`` (for train.py and for the plain loop; only
+flags the plain loop follows too, so that both run the same recipe).
 """
 
 from __future__ import annotations
@@ -218,12 +222,18 @@ def run(
     json_path: str | None,
     with_compile: bool = False,
     timeout: float = 3600,
+    train_flags: tuple[str, ...] = (),
 ) -> int:
     """Run the table's processes ``repeats`` times in turn; print the table; write the JSON. Returns 0.
 
     ``with_compile``: each recipe's train.py also with ``--compile``, its compile time apart.
+    ``train_flags``: train.py flags put after ``--recipe NAME`` (in train.py and in the plain loop's recipe).
+    Each recipe's train.py runs -- their median accuracy and median wall time, taken apart -- are checked
+    against its target (``Recipe.verdict``); a missed target is reported, not an error: times on a shared
+    machine move with its load.
     """
     from lit_mnist.cli.train import parse_args  # the parent only: the children are timed
+    from lit_mnist.recipes import RECIPES
 
     here = str(Path(__file__).resolve())
     data_dir = str(Path(data_dir).resolve())  # the processes run in a temporary folder
@@ -256,7 +266,8 @@ def run(
             wall, payload = _child([sys.executable, here, "--classic", data_dir], tmp, timeout)
             add("seed's classic loop (10 epochs)", wall, payload)
             for name in recipes:
-                cfg = {k: v for k, v in vars(parse_args(["--recipe", name])).items() if not k.startswith("_")}
+                parsed = vars(parse_args(["--recipe", name, *train_flags]))
+                cfg = {k: v for k, v in parsed.items() if not k.startswith("_")}
                 cfg = json.loads(json.dumps(cfg, default=str))
                 print(
                     f"repeat {repeat + 1} of {repeats}: {name}, lit_mnist then plain",
@@ -264,11 +275,11 @@ def run(
                     flush=True,
                 )
                 base_logs = Path(tmp) / f"{name}-{repeat}"  # lit_mnist without --compile
-                wall, results = train_py(name, base_logs, [])
+                wall, results = train_py(name, base_logs, list(train_flags))
                 add(f"{name}: lit_mnist train.py", wall, results)
                 if with_compile:
                     logs = Path(tmp) / f"{name}-compile-{repeat}"
-                    wall, results = train_py(name, logs, ["--compile"])
+                    wall, results = train_py(name, logs, [*train_flags, "--compile"])
                     add(f"{name}: lit_mnist train.py --compile", wall, results)
                     seconds = _compile_seconds(logs / "version_0", base_logs / "version_0")
                     if seconds is not None:
@@ -293,9 +304,28 @@ def run(
     for key, row in table.items():
         train = f"{row['train_s']:.1f}" if row["train_s"] is not None else "-"
         print(f"{key:<{width}}  {row['wall_s']:6.1f}  {row['test_acc'] * 100:7.2f}%  {train:>10}")
+    targets: dict[str, dict[str, Any]] = {}
     for name in recipes:
         ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
         print(f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}")
+        recipe = RECIPES[name]
+        epochs = int(parse_args(["--recipe", name, *train_flags]).max_epochs)
+        met = recipe.verdict(ours["test_acc"], ours["wall_s"], epochs)
+        targets[name] = {
+            "target": recipe.target,
+            "min_test_acc": recipe.min_test_acc,
+            "max_wall_s": recipe.max_wall_s,
+            "max_epochs": recipe.max_epochs,
+            "met": met,
+        }
+        reached = f"{ours['test_acc'] * 100:.2f}% in {ours['wall_s']:.1f} s"
+        if train_flags:
+            reached += f", with {' '.join(train_flags)}"
+        if met is None:
+            print(f"{name}: no target to check ({recipe.target}); lit_mnist train.py reached {reached}")
+        else:
+            verdict = "met" if met else "MISSED"
+            print(f"{name}: target {recipe.target} {verdict}: lit_mnist train.py reached {reached}")
         if with_compile:
             compiled = table[f"{name}: lit_mnist train.py --compile"]
             shown = f"{statistics.median(compile_s[name]):.1f} s" if name in compile_s else "- (one epoch)"
@@ -304,7 +334,13 @@ def run(
                 f"compile time {shown} (first epoch's extra time over the median epoch, less the same without)"
             )
     if json_path:
-        report = {"repeats": repeats, "table": table, "compile_s": compile_s}
+        report = {
+            "repeats": repeats,
+            "train_flags": list(train_flags),
+            "table": table,
+            "compile_s": compile_s,
+            "targets": targets,
+        }
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

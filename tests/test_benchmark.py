@@ -88,6 +88,46 @@ def test_usage_errors_are_one_line_with_status_2(tiny_data: Path, tmp_path: Path
             ["--channels-last", "--time-to-accuracy"],
             "--channels-last and --time-to-accuracy are separate runs",
         ),
+        (
+            ["--data-dir", str(tiny_data), "--train-flags", "--seed 1"],
+            "--train-flags is for --time-to-accuracy's table; give both",
+        ),
+        (
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--log-dir /tmp/x"],
+            "--train-flags: --log-dir is set by the benchmark itself",
+        ),
+        (  # a shortened flag is read as train.py's parser reads it
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--data-d /tmp/x"],
+            "--train-flags: --data-dir is set by the benchmark itself",
+        ),
+        (  # one flag without a space is still the value of --train-flags
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--compile"],
+            "--train-flags: --compile: use the benchmark's --with-compile",
+        ),
+        (
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--ema 0.99"],
+            "--train-flags: --ema changes what the plain loop cannot follow",
+        ),
+        (
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--lr=auto"],
+            "--train-flags: --lr auto: the plain loop has no finder",
+        ),
+        (
+            [
+                "--data-dir",
+                str(tiny_data),
+                "--time-to-accuracy",
+                "--recipes",
+                "cnn-fast",
+                "--train-flags",
+                "--max-epochs x",
+            ],
+            "--train-flags '--max-epochs x' with --recipe cnn-fast: --max-epochs expects an int, got 'x'",
+        ),
+        (
+            ["--data-dir", str(tiny_data), "--time-to-accuracy", "--train-flags", "--seed '1"],
+            "No closing quotation; quote it as one string",
+        ),
     ):
         proc = run_benchmark(*args, timeout=300)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -152,6 +192,56 @@ def test_a_failing_case_ends_the_run_with_one_line_and_status_1(tiny_data: Path)
         r"training images, got 600",
         last,
     ), last
+
+
+def test_time_to_accuracy_runs_each_recipe_three_ways_and_checks_its_target(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """--time-to-accuracy on the tiny set (--train-flags shrink the recipes): every row, the ratios, the
+    verdicts against each recipe's target, the JSON; the train.py runs' accuracy is their results.json's."""
+    out = tmp_path / "tta.json"
+    flags = "--val-size 100 --max-epochs 1 --accelerator cpu --devices 1"
+    proc = run_benchmark(
+        "--data-dir", str(tiny_data),
+        "--time-to-accuracy",
+        "--recipes", "classic,cnn-fast",
+        "--train-flags", flags,
+        "--repeats", "1",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["train_flags"] == flags.split()
+    table = report["table"]
+    assert list(table) == [
+        "seed's classic loop (10 epochs)",
+        "classic: lit_mnist train.py",
+        "classic: plain PyTorch loop",
+        "cnn-fast: lit_mnist train.py",
+        "cnn-fast: plain PyTorch loop",
+    ]
+    for key, row in table.items():
+        assert row["wall_s"] > 0 and 0 < row["test_acc"] <= 1, key
+        assert key in proc.stdout, key
+    for name in ("classic", "cnn-fast"):
+        ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
+        assert f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}" in proc.stdout
+    assert report["targets"]["classic"]["met"] is None
+    assert "classic: no target to check (the seed's 97.5%); lit_mnist train.py reached" in proc.stdout
+    fast = table["cnn-fast: lit_mnist train.py"]
+    met = fast["test_acc"] >= 0.99 and fast["wall_s"] <= 15
+    assert report["targets"]["cnn-fast"] == {
+        "target": ">= 99.0% in <= 15 s",
+        "min_test_acc": 0.99,
+        "max_wall_s": 15.0,
+        "max_epochs": None,
+        "met": met,
+    }
+    reached = f"{fast['test_acc'] * 100:.2f}% in {fast['wall_s']:.1f} s, with {flags}"
+    verdict = "met" if met else "MISSED"
+    assert (
+        f"cnn-fast: target >= 99.0% in <= 15 s {verdict}: lit_mnist train.py reached {reached}" in proc.stdout
+    )
 
 
 def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path) -> None:

@@ -54,6 +54,26 @@ def test_an_unknown_recipe_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]
     assert "--recipe 'fastest' is not a recipe; choose one of classic, mlp-best, cnn-fast, cnn-best" in err
 
 
+def test_targets_as_numbers_agree_with_their_text_and_give_the_benchmarks_verdict() -> None:
+    for recipe in RECIPES.values():
+        assert (recipe.min_test_acc is None) == (not recipe.target.startswith(">=")), recipe
+        if recipe.min_test_acc is not None:
+            assert recipe.target.startswith(f">= {recipe.min_test_acc * 100:.1f}%"), recipe
+    fast, best, mlp = RECIPES["cnn-fast"], RECIPES["cnn-best"], RECIPES["mlp-best"]
+    assert fast.target.endswith("in <= 15 s") and best.target.endswith("in < 10 min")
+    assert (fast.max_wall_s, best.max_wall_s, mlp.max_wall_s) == (15.0, 600.0, None)
+    assert mlp.target.endswith("in <= 20 epochs") and mlp.max_epochs == 20
+    assert fast.verdict(0.9901, 14.9, 1) is True
+    assert fast.verdict(0.9901, 15.1, 1) is False  # too slow
+    assert fast.verdict(0.9899, 5.0, 1) is False  # not accurate enough
+    assert best.verdict(0.9961, 599.0, 12) is True and best.verdict(0.9961, 601.0, 12) is False
+    # 9,960 of 10,000 as Lightning logs it (a float32) is 0.99599999...: that is 99.6%
+    assert best.verdict(float(torch.tensor(9960 / 10000, dtype=torch.float32)), 300.0, 12) is True
+    assert mlp.verdict(0.985, 1e6, 20) is True and mlp.verdict(0.9849, 1.0, 20) is False  # no time bound
+    assert mlp.verdict(0.99, 1.0, 21) is False  # more epochs than its target allows
+    assert RECIPES["classic"].verdict(0.1, 1.0, 10) is None  # the seed's recipe has no target to check
+
+
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_is_a_valid_config_and_records_its_name(name: str) -> None:
     cfg = parse_args(["--recipe", name])
