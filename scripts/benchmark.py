@@ -435,13 +435,14 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import time_to_accuracy
+
         try:
-            train_flags = _train_flags(args.train_flags, recipes)
+            train_flags = time_to_accuracy.check_train_flags(args.train_flags, recipes)
         except ValueError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
             return 2
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import time_to_accuracy
 
         try:
             return time_to_accuracy.run(
@@ -515,83 +516,6 @@ def _check_args(args: argparse.Namespace, needs_data: bool = True) -> list[str]:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
     return sorted(dict.fromkeys(cases))
-
-
-#: train.py's settings the plain loop of --time-to-accuracy follows (scripts/time_to_accuracy.py's plain_main)
-PLAIN_LOOP_KEYS = frozenset(
-    ("seed", "val_size", "batch_size", "max_epochs", "model", "hidden_sizes", "dropout", "cnn_channels",
-     "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size", "channels_last", "optimizer", "lr", "momentum",
-     "nesterov", "betas", "weight_decay", "scheduler", "cycle_momentum", "step_size", "gamma",
-     "label_smoothing", "augment_degrees", "augment_translate", "augment_scale")
-)  # fmt: skip
-#: train.py's settings that change how its run is shown or grouped, not what it trains
-NOT_TRAINING_KEYS = frozenset(("progress_bar", "log_every_n_steps", "steps_per_batch"))
-
-
-def _train_flags(text: str, recipes: list[str]) -> tuple[str, ...]:
-    """``--train-flags``' string split as a shell would, parsed by train.py's parser for every recipe.
-
-    Only settings both the train.py run and the plain loop follow may change (``PLAIN_LOOP_KEYS``,
-    ``NOT_TRAINING_KEYS``, and the CPU: the plain loop runs on one), so the two rows stay the same recipe.
-
-    Raises:
-        ValueError: with one line naming the flag and what to do.
-    """
-    import contextlib
-    import io
-    import shlex
-
-    try:
-        flags = tuple(shlex.split(text))
-    except ValueError as err:
-        raise ValueError(f"--train-flags {text!r}: {err}; quote it as one string") from None
-    from lit_mnist.cli.train import parse_args
-
-    def parsed(args: list[str]) -> dict[str, Any]:
-        said = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-                cfg = parse_args(args)
-        except SystemExit as exit_:
-            if not exit_.code:
-                raise ValueError(
-                    f"--train-flags {text!r}: it ends train.py before training (--help, --print-config, "
-                    "--recipe list); leave that out"
-                ) from None
-            lines = said.getvalue().strip().splitlines() or ["refused"]
-            raise ValueError(
-                f"--train-flags {text!r} with --recipe {args[1]}: {lines[-1].removeprefix('train.py: error: ')}"
-            ) from None
-        return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
-
-    for name in recipes:
-        recipe, given = parsed(["--recipe", name]), parsed(["--recipe", name, *flags])
-        for key in (k for k in given if given[k] != recipe.get(k)):
-            flag = "--" + key.replace("_", "-")
-            if key in ("data_dir", "log_dir", "recipe", "config"):
-                raise ValueError(
-                    f"--train-flags: {flag} is set by the benchmark itself; leave it out "
-                    "(give the data folder as the benchmark's --data-dir)"
-                )
-            if key == "compile":
-                raise ValueError(
-                    "--train-flags: --compile: use the benchmark's --with-compile (a row of its own)"
-                )
-            if given[key] == "auto" and key in ("lr", "batch_size"):
-                raise ValueError(
-                    f"--train-flags: {flag} auto: the plain loop has no finder; give a number (the one "
-                    "train.py --lr-find prints)"
-                )
-            on_cpu = (key == "accelerator" and given[key] == "cpu") or (
-                key == "devices" and str(given[key]) == "1"
-            )
-            if key not in PLAIN_LOOP_KEYS | NOT_TRAINING_KEYS and not on_cpu:
-                raise ValueError(
-                    f"--train-flags: {flag} changes what the plain loop cannot follow, so the two rows would "
-                    "not run the same recipe; give only the network, optimizer, schedule, augmentation, batch "
-                    "size, epochs, seed or --val-size (and --accelerator cpu --devices 1)"
-                )
-    return flags
 
 
 def _joined_train_flags(argv: list[str]) -> list[str]:

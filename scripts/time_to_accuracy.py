@@ -179,6 +179,83 @@ def classic_main(data_dir: str, epochs: int = 10) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the parent
+#: train.py's settings the plain loop of --time-to-accuracy follows (plain_main reads these)
+PLAIN_LOOP_KEYS = frozenset(
+    ("seed", "val_size", "batch_size", "max_epochs", "model", "hidden_sizes", "dropout", "cnn_channels",
+     "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size", "channels_last", "optimizer", "lr", "momentum",
+     "nesterov", "betas", "weight_decay", "scheduler", "cycle_momentum", "step_size", "gamma",
+     "label_smoothing", "augment_degrees", "augment_translate", "augment_scale")
+)  # fmt: skip
+#: train.py's settings that change how its run is shown or grouped, not what it trains
+NOT_TRAINING_KEYS = frozenset(("progress_bar", "log_every_n_steps", "steps_per_batch"))
+
+
+def check_train_flags(text: str, recipes: list[str]) -> tuple[str, ...]:
+    """``--train-flags``' string split as a shell would, parsed by train.py's parser for every recipe.
+
+    Only settings both the train.py run and the plain loop follow may change (``PLAIN_LOOP_KEYS``,
+    ``NOT_TRAINING_KEYS``, and the CPU: the plain loop runs on one), so the two rows stay the same recipe.
+
+    Raises:
+        ValueError: with one line naming the flag and what to do.
+    """
+    import contextlib
+    import io
+    import shlex
+
+    try:
+        flags = tuple(shlex.split(text))
+    except ValueError as err:
+        raise ValueError(f"--train-flags {text!r}: {err}; quote it as one string") from None
+    from lit_mnist.cli.train import parse_args  # the parent only
+
+    def parsed(args: list[str]) -> dict[str, Any]:
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+                cfg = parse_args(args)
+        except SystemExit as exit_:
+            if not exit_.code:
+                raise ValueError(
+                    f"--train-flags {text!r}: it ends train.py before training (--help, --print-config, "
+                    "--recipe list); leave that out"
+                ) from None
+            lines = said.getvalue().strip().splitlines() or ["refused"]
+            raise ValueError(
+                f"--train-flags {text!r} with --recipe {args[1]}: {lines[-1].removeprefix('train.py: error: ')}"
+            ) from None
+        return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+
+    for name in recipes:
+        recipe, given = parsed(["--recipe", name]), parsed(["--recipe", name, *flags])
+        for key in (k for k in given if given[k] != recipe.get(k)):
+            flag = "--" + key.replace("_", "-")
+            if key in ("data_dir", "log_dir", "recipe", "config"):
+                raise ValueError(
+                    f"--train-flags: {flag} is set by the benchmark itself; leave it out "
+                    "(give the data folder as the benchmark's --data-dir)"
+                )
+            if key == "compile":
+                raise ValueError(
+                    "--train-flags: --compile: use the benchmark's --with-compile (a row of its own)"
+                )
+            if given[key] == "auto" and key in ("lr", "batch_size"):
+                raise ValueError(
+                    f"--train-flags: {flag} auto: the plain loop has no finder; give a number (the one "
+                    "train.py --lr-find prints)"
+                )
+            on_cpu = (key == "accelerator" and given[key] == "cpu") or (
+                key == "devices" and str(given[key]) == "1"
+            )
+            if key not in PLAIN_LOOP_KEYS | NOT_TRAINING_KEYS and not on_cpu:
+                raise ValueError(
+                    f"--train-flags: {flag} changes what the plain loop cannot follow, so the two rows would "
+                    "not run the same recipe; give only the network, optimizer, schedule, augmentation, batch "
+                    "size, epochs, seed or --val-size (and --accelerator cpu --devices 1)"
+                )
+    return flags
+
+
 def _timed(cmd: list[str], cwd: str, timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
     start = time.perf_counter()
@@ -260,15 +337,18 @@ def run(
             )
         return wall, json.loads((logs / "version_0" / "results.json").read_text())
 
+    cfgs = {}  # each recipe's resolved flags, as the plain loop reads them
+    for name in recipes:
+        parsed = vars(parse_args(["--recipe", name, *train_flags]))
+        cfgs[name] = json.loads(
+            json.dumps({k: v for k, v in parsed.items() if not k.startswith("_")}, default=str)
+        )
     with tempfile.TemporaryDirectory(prefix="lit_mnist_tta_") as tmp:
         for repeat in range(repeats):
             print(f"repeat {repeat + 1} of {repeats}: classic loop", file=sys.stderr, flush=True)
             wall, payload = _child([sys.executable, here, "--classic", data_dir], tmp, timeout)
             add("seed's classic loop (10 epochs)", wall, payload)
             for name in recipes:
-                parsed = vars(parse_args(["--recipe", name, *train_flags]))
-                cfg = {k: v for k, v in parsed.items() if not k.startswith("_")}
-                cfg = json.loads(json.dumps(cfg, default=str))
                 print(
                     f"repeat {repeat + 1} of {repeats}: {name}, lit_mnist then plain",
                     file=sys.stderr,
@@ -285,7 +365,7 @@ def run(
                     if seconds is not None:
                         compile_s.setdefault(name, []).append(seconds)
                 wall, payload = _child(
-                    [sys.executable, here, "--plain", json.dumps(cfg), data_dir], tmp, timeout
+                    [sys.executable, here, "--plain", json.dumps(cfgs[name]), data_dir], tmp, timeout
                 )
                 add(f"{name}: plain PyTorch loop", wall, payload)
     table = {
@@ -309,8 +389,7 @@ def run(
         ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
         print(f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}")
         recipe = RECIPES[name]
-        epochs = int(parse_args(["--recipe", name, *train_flags]).max_epochs)
-        met = recipe.verdict(ours["test_acc"], ours["wall_s"], epochs)
+        met = recipe.verdict(ours["test_acc"], ours["wall_s"], int(cfgs[name]["max_epochs"]))
         targets[name] = {
             "target": recipe.target,
             "min_test_acc": recipe.min_test_acc,

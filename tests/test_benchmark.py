@@ -244,6 +244,17 @@ def test_time_to_accuracy_runs_each_recipe_three_ways_and_checks_its_target(
     )
 
 
+def test_the_plain_loop_reads_only_the_settings_train_flags_may_change() -> None:
+    """--train-flags lets through the settings in PLAIN_LOOP_KEYS: they must be all plain_main reads."""
+    import inspect
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import time_to_accuracy
+
+    read = set(re.findall(r'cfg\["(\w+)"\]', inspect.getsource(time_to_accuracy.plain_main)))
+    assert read and read <= time_to_accuracy.PLAIN_LOOP_KEYS, read - time_to_accuracy.PLAIN_LOOP_KEYS
+
+
 def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path) -> None:
     """--start-up: train.py's imports with lit_mnist.startup and without, one pair; both rows, the ratio, the JSON."""
     out = tmp_path / "start.json"
