@@ -17,22 +17,16 @@ loggers; the PNG files go to the run folder whatever the loggers (none under ``f
 disables loggers). They need the LightningModule's ``validation_step`` / ``test_step`` to return
 ``{"preds": class indices}``.
 
-Figures are drawn with matplotlib's Agg canvas directly, without ``pyplot``, so no global backend is
-switched and no window can open. matplotlib lays out every text label on its own, which is slow
-for many small labels, so the captions and cell counts are written with PIL in matplotlib's own
-font, and the confusion matrix's frame is drawn by matplotlib once and reused (the README gives
-what monitoring costs an epoch).
+The figures themselves are drawn by :mod:`lit_mnist.figures` (matplotlib is imported when the
+first one is drawn).
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -42,20 +36,22 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lit_mnist.groups import OptimizerStepAxis
+from lit_mnist.figures import (
+    add_png,
+    confusion_matrix_figure,
+    curves_figure,
+    display_images,
+    grid_figure,
+    save_png,
+)
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+__all__ = [
+    "CONFUSION_MATRIX_NAME", "CURVES_NAME", "EpochSpeed", "ParameterHistograms", "PredictionImages",
+    "TrainingCurves", "epoch_end_step", "tensorboard_logger", "written_figures",
+]  # fmt: skip
 
 CURVES_NAME = "curves.png"
 CONFUSION_MATRIX_NAME = "confusion_matrix.png"
-#: Figure geometry (inches at DPI): image sizes in TensorBoard and on disk follow from these.
-DPI = 100
-GRID_COLUMNS = 8
-GRID_SCALE = 3  # screen pixels per image pixel
-GRID_TITLE_PX = 36
-CONFUSION_MATRIX_IN = (6.4, 5.6)
-CURVES_IN = (10.0, 4.0)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -91,20 +87,6 @@ def written_figures(trainer: L.Trainer) -> dict[str, str]:
     return figures
 
 
-def _grid_margins(h: int, w: int) -> tuple[int, int]:
-    """Padding beside each image and the caption's height above it, in image pixels."""
-    return max(w // 14, 1), max(h * 5 // 14, 8)
-
-
-def grid_size_px(num_images: int, image_hw: tuple[int, int] = (28, 28)) -> tuple[int, int]:
-    """``(width, height)`` in pixels of an image grid figure with ``num_images`` cells of ``image_hw`` images."""
-    cols = min(GRID_COLUMNS, max(num_images, 1))
-    rows = max(math.ceil(num_images / cols), 1)
-    h, w = image_hw
-    pad, caption = _grid_margins(h, w)
-    return cols * (w + 2 * pad) * GRID_SCALE, rows * (h + caption + pad) * GRID_SCALE + GRID_TITLE_PX
-
-
 def _batch_size(batch: Any) -> int:
     """The number of samples in a batch, read from the first tensor's shape (no device access).
 
@@ -129,24 +111,13 @@ def _preds(outputs: Any) -> Tensor | None:
     return None
 
 
-def _to_display(images: Tensor, datamodule: Any) -> np.ndarray:
-    """Un-normalise images ``(N, C, H, W)`` to ``[0, 1]`` as an array ``(N, H, W)`` or ``(N, H, W, C)``.
-
-    Uses the datamodule's ``mean`` / ``std`` (numbers or per-channel sequences) when it has them,
-    else scales each batch's range to ``[0, 1]``.
-    """
-    x = images.detach().float().cpu()
+def _grid(
+    kept: Sequence[Tensor], count: int | None, datamodule: Any, title: str, cells: int | None = None
+) -> np.ndarray:
+    """The grid figure of the first ``count`` (all: ``None``) of kept ``(images, preds, targets, ...)``."""
+    x, p, y = (t[:count].cpu() for t in kept[:3])
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        x = x * torch.as_tensor(std, dtype=x.dtype).reshape(shape) + torch.as_tensor(
-            mean, dtype=x.dtype
-        ).reshape(shape)
-    else:
-        lo, hi = x.amin(), x.amax()
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
-    x = x.clamp(0, 1)
-    return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+    return grid_figure(display_images(x, mean, std), p.tolist(), y.tolist(), title, cells=cells)
 
 
 def _now(trainer: L.Trainer) -> float:
@@ -176,230 +147,7 @@ class _SyncFreeConfusionMatrix(MulticlassConfusionMatrix):
         self.confmat.view(-1).scatter_add_(0, index, torch.ones_like(index, dtype=self.confmat.dtype))
 
 
-# --------------------------------------------------------------------------- figures
-def _figure(size_in: tuple[float, float]) -> tuple[Figure, Any]:
-    """A matplotlib figure on an Agg canvas (no pyplot, no global backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size_in, dpi=DPI)
-    return fig, FigureCanvasAgg(fig)
-
-
-def _render(fig: Figure, canvas: Any) -> np.ndarray:
-    """The figure as an RGB uint8 array ``(H, W, 3)``."""
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-@functools.cache
-def _font(size_px: int, bold: bool = False) -> Any:
-    """matplotlib's own DejaVu Sans as a PIL font (PIL's default font if it cannot be found)."""
-    from matplotlib import font_manager
-    from PIL import ImageFont
-
-    try:
-        prop = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
-        return ImageFont.truetype(font_manager.findfont(prop, fallback_to_default=True), size_px)
-    except OSError:
-        return ImageFont.load_default()
-
-
-#: matplotlib's "tab:" colours, for PIL
-_GREEN, _RED, _GRAY = (44, 160, 44), (214, 39, 40), (127, 127, 127)
-
-
-def grid_figure(
-    images: np.ndarray, preds: Sequence[int], targets: Sequence[int], title: str, cells: int | None = None
-) -> np.ndarray:
-    """A grid of images, each captioned ``pred P / true T`` (green when right, red and bold when wrong).
-
-    ``images`` are ``(N, H, W)`` or ``(N, H, W, 3)`` in ``[0, 1]``; the result is an RGB uint8 array
-    of :func:`grid_size_px`. ``cells`` fixes the grid's size (empty cells stay blank), so the image
-    keeps its size from epoch to epoch when fewer images are shown. The images are pasted into one
-    array, enlarged ``GRID_SCALE`` times, and the captions drawn with PIL in matplotlib's font, which
-    is many times faster than matplotlib's text layout for dozens of short labels.
-    """
-    from PIL import Image, ImageDraw
-
-    cells = max(cells or len(images), 1)
-    cols = min(GRID_COLUMNS, cells)
-    rows = math.ceil(cells / cols)
-    h, w = images.shape[1:3] if len(images) else (28, 28)
-    pad, caption = _grid_margins(h, w)
-    cell_w, cell_h = w + 2 * pad, h + caption + pad
-    mosaic = np.ones((rows * cell_h, cols * cell_w, 3), dtype=np.float32)
-    for i, image in enumerate(images[:cells]):
-        top, left = (i // cols) * cell_h + caption, (i % cols) * cell_w + pad
-        mosaic[top : top + h, left : left + w] = image[..., None] if image.ndim == 2 else image[..., :3]
-    pixels = Image.fromarray((mosaic * 255).round().astype(np.uint8))
-    scaled = pixels.resize((pixels.width * GRID_SCALE, pixels.height * GRID_SCALE), Image.Resampling.NEAREST)
-    width, height = grid_size_px(cells, (h, w))
-    canvas = Image.new("RGB", (width, height), "white")
-    canvas.paste(scaled, (0, GRID_TITLE_PX))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((width / 2, GRID_TITLE_PX / 2), title, fill="black", font=_font(15), anchor="mm")
-    for i in range(min(len(images), cells)):
-        right = int(preds[i]) == int(targets[i])
-        center = (
-            ((i % cols) + 0.5) * cell_w * GRID_SCALE,
-            GRID_TITLE_PX + ((i // cols) * cell_h + caption * 0.55) * GRID_SCALE,
-        )
-        text = f"pred {int(preds[i])} / true {int(targets[i])}"
-        draw.text(center, text, fill=_GREEN if right else _RED, font=_font(10, bold=not right), anchor="mm")
-    if len(images) == 0:
-        draw.text((width / 2, (height + GRID_TITLE_PX) / 2), "none", fill=_GRAY, font=_font(18), anchor="mm")
-    return np.asarray(canvas)
-
-
-#: the confusion matrix's colours: the fraction of the true class on a power scale
-_CM_CMAP = "Blues"
-
-
-def _cm_norm() -> Any:
-    """So that a 2% confusion shows: 0.02 of the class is a fifth of the colour scale."""
-    from matplotlib.colors import PowerNorm
-
-    return PowerNorm(gamma=0.4, vmin=0.0, vmax=1.0)
-
-
-@functools.cache
-def _confusion_frame(n: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The constant part of a confusion matrix figure, drawn once per class count by matplotlib.
-
-    Returns the RGB image (axes, ticks, labels, colour bar) and the matrix area's pixel box
-    ``(left, top, right, bottom)``; the cells, counts and title are painted into a copy each time.
-    """
-    fig, canvas = _figure(CONFUSION_MATRIX_IN)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.09, top=0.93)
-    ax = fig.add_subplot()
-    shown = ax.imshow(np.zeros((n, n)), cmap=_CM_CMAP, norm=_cm_norm())
-    fig.colorbar(shown, ax=ax, label="fraction of the true class")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    image = _render(fig, canvas)
-    box = ax.get_window_extent()
-    height = image.shape[0]
-    return image, (round(box.x0), round(height - box.y1), round(box.x1), round(height - box.y0))
-
-
-def confusion_matrix_figure(matrix: np.ndarray, title: str) -> np.ndarray:
-    """The confusion matrix (rows: true class, columns: predicted class) with counts in the cells.
-
-    The colour is the fraction of the true class (a power scale, so that a 2% confusion shows).
-    matplotlib draws the frame (axes, ticks, colour bar) once per class count; each call paints the
-    cells with the same colour map into a copy and writes the counts and title with PIL in
-    matplotlib's font (see :func:`grid_figure`).
-    """
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw
-
-    matrix = np.asarray(matrix, dtype=np.int64)
-    n = matrix.shape[0]
-    fraction = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    total = int(matrix.sum())
-    accuracy = np.trace(matrix) / total if total else float("nan")
-    frame, (left, top, right, bottom) = _confusion_frame(n)
-    image = frame.copy()
-    colors = (colormaps[_CM_CMAP](_cm_norm()(fraction))[..., :3] * 255).round().astype(np.uint8)
-    xs = np.linspace(left, right, n + 1).round().astype(int)
-    ys = np.linspace(top, bottom, n + 1).round().astype(int)
-    for i in range(n):  # inside the spines (1 px) so the frame stays drawn
-        for j in range(n):
-            image[
-                max(ys[i], top + 1) : min(ys[i + 1], bottom - 1),
-                max(xs[j], left + 1) : min(xs[j + 1], right - 1),
-            ] = colors[i, j]
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    draw.text(
-        ((left + right) / 2, top - 12),
-        f"{title}: {total} images, accuracy {accuracy:.2%}",
-        fill="black",
-        font=_font(14),
-        anchor="mb",
-    )
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    color = "white" if fraction[i, j] > 0.5 else ("black" if i == j else _RED)
-                    center = ((xs[j] + xs[j + 1]) / 2, (ys[i] + ys[i + 1]) / 2)
-                    draw.text(center, str(matrix[i, j]), fill=color, font=_font(10), anchor="mm")
-    return np.asarray(canvas)
-
-
-def curves_figure(history: Mapping[int, Mapping[str, float]]) -> np.ndarray:
-    """Loss and accuracy per epoch (counted from 0, as Lightning does), train and validation, side by side."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig, canvas = _figure(CURVES_IN)
-    epochs = sorted(history)
-    for index, (kind, label) in enumerate((("loss", "loss"), ("acc", "accuracy"))):
-        ax = fig.add_subplot(1, 2, index + 1)
-        for split, style in (("train", "o-"), ("val", "s-")):
-            points = [(e, history[e][f"{split}/{kind}"]) for e in epochs if f"{split}/{kind}" in history[e]]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, label=f"{split}", markersize=4)
-        ax.set_xlabel("epoch (from 0, as Lightning counts)")
-        ax.set_ylabel(label)
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        if epochs:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.lines:
-            ax.legend()
-    best = [history[e]["val/acc"] for e in epochs if "val/acc" in history[e]]
-    if best:
-        fig.suptitle(f"best val/acc {max(best):.2%}", fontsize=10)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86, wspace=0.22)
-    return _render(fig, canvas)
-
-
-def add_png(experiment: Any, tag: str, image: np.ndarray, step: int) -> None:
-    """Write an RGB uint8 image ``(H, W, 3)`` to a TensorBoard ``SummaryWriter`` as ``tag`` at ``step``."""
-    experiment.add_image(tag, image, step, dataformats="HWC")
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-
-
 # --------------------------------------------------------------------------- logger and callbacks
-class MonitoringTensorBoardLogger(OptimizerStepAxis, TensorBoardLogger):
-    """``TensorBoardLogger`` whose ``log_graph=True`` writes the model graph once, without warnings.
-
-    With step groups (:class:`~lit_mnist.groups.StepGroups` binds it) it writes every value at its
-    optimizer step (:class:`~lit_mnist.groups.OptimizerStepAxis`).
-
-    Lightning calls ``log_graph`` at the start of every ``fit`` / ``test``; TensorBoard traces the
-    model with ``torch.jit.trace``, which torch 2.14 deprecates (a ``FutureWarning`` every run) and
-    whose walk over the module touches a deprecated torchmetrics property. Those warnings say nothing
-    a user can act on, so they are silenced here, for the tracing only. The graph is written once.
-    """
-
-    _graph_logged = False
-
-    def log_graph(self, model: L.LightningModule, input_array: Tensor | None = None) -> None:  # type: ignore[override]
-        if self._graph_logged:
-            return
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning
-            )
-            warnings.filterwarnings(
-                "ignore", message=r"This property will be removed in 2\.0\.0", category=DeprecationWarning
-            )
-            super().log_graph(model, input_array)
-        self._graph_logged = True  # (nothing was written if the logger was made with log_graph=False)
-
-
 class EpochSpeed(L.Callback):
     """Log the epoch's wall time and the training throughput once per training epoch.
 
@@ -583,33 +331,25 @@ class PredictionImages(L.Callback):
         counts = self._matrix_counts()
         logger = tensorboard_logger(trainer)
         if trainer.is_global_zero and logger is not None and counts is not None:
-            step = epoch_end_step(trainer)
-            experiment = logger.experiment
-            datamodule = getattr(trainer, "datamodule", None)
+            epoch, datamodule = trainer.current_epoch, getattr(trainer, "datamodule", None)
+            figures = {}
             if self._first is not None:
-                x, p, y = (t.cpu() for t in self._first)
-                grid = grid_figure(
-                    _to_display(x, datamodule),
-                    p.tolist(),
-                    y.tolist(),
-                    f"validation, epoch {trainer.current_epoch}",
+                figures["val/predictions"] = _grid(
+                    self._first, None, datamodule, f"validation, epoch {epoch}"
                 )
-                add_png(experiment, "val/predictions", grid, step)
             if self._wrong is not None:
-                x, p, y, wrong = (t.cpu() for t in self._wrong)
-                count, total = int(wrong.sum()), int(counts.sum() - np.trace(counts))
-                grid = grid_figure(
-                    _to_display(x[:count], datamodule),
-                    p[:count].tolist(),
-                    y[:count].tolist(),
-                    f"misclassified validation images, epoch {trainer.current_epoch}: {count} shown of {total}"
+                count, total = int(self._wrong[3].sum()), int(counts.sum() - np.trace(counts))
+                title = (
+                    f"misclassified validation images, epoch {epoch}: {count} shown of {total}"
                     if total
-                    else f"no misclassified validation images, epoch {trainer.current_epoch}",
-                    cells=self.num_misclassified,
+                    else f"no misclassified validation images, epoch {epoch}"
                 )
-                add_png(experiment, "val/misclassified", grid, step)
-            image = confusion_matrix_figure(counts, f"validation, epoch {trainer.current_epoch}")
-            add_png(experiment, "val/confusion_matrix", image, step)
+                figures["val/misclassified"] = _grid(
+                    self._wrong, count, datamodule, title, self.num_misclassified
+                )
+            figures["val/confusion_matrix"] = confusion_matrix_figure(counts, f"validation, epoch {epoch}")
+            for tag, image in figures.items():
+                add_png(logger.experiment, tag, image, epoch_end_step(trainer))
         self._first = self._wrong = None
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -623,7 +363,7 @@ class PredictionImages(L.Callback):
             add_png(logger.experiment, "test/confusion_matrix", image, epoch_end_step(trainer))
         if (folder := _run_folder(trainer, self.dirpath)) is not None:
             path = folder / CONFUSION_MATRIX_NAME
-            _save_png(image, path)
+            save_png(image, path)
             self.figures["confusion_matrix"] = str(path)
 
 
@@ -688,7 +428,7 @@ class TrainingCurves(L.Callback):
         if folder is None or not trainer.is_global_zero or not self.history:
             return
         path = folder / CURVES_NAME
-        _save_png(curves_figure(self.history), path)
+        save_png(curves_figure(self.history), path)
         self.figures["curves"] = str(path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -731,3 +471,15 @@ class ParameterHistograms(L.Callback):
             for name, grad in (self._grads or {}).items():
                 experiment.add_histogram(f"gradients/{name}", grad.float().cpu(), step)
         self._grads = None
+
+
+#: Names that live elsewhere now and are still found here, for code and LightningCLI configs that name them so.
+_MOVED = {"MonitoringTensorBoardLogger": "lit_mnist.loggers"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,8 @@ Training's resume (:func:`check_resumable`) and evaluate, predict and export (:f
 read the file with the same :func:`read_checkpoint`, so a missing, truncated, foreign or malicious
 file gets the same message from every command. A file that would need to run Python code to load
 is refused, never unpickled.
+
+Names outside ``__all__`` serve lit_mnist's own modules (the commands, the run) and may change.
 """
 
 from __future__ import annotations
@@ -25,8 +27,21 @@ import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_mnist.errors import CheckpointError, CheckpointWriteError
+from lit_mnist.groups import resume_mismatch
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import first_line, write_durable
+
+__all__ = [
+    "CONFIG_NAME",
+    "AtomicCheckpointIO",
+    "DatasetRecord",
+    "LoadedCheckpoint",
+    "check_dataset",
+    "check_resumable",
+    "load_checkpoint",
+    "read_checkpoint",
+    "read_run_config",
+]
 
 #: The run's resolved config, written by training into its ``version_N`` folder.
 CONFIG_NAME = "config.yaml"
@@ -69,7 +84,7 @@ class DatasetRecord(L.Callback):
         checkpoint[DATA_KEY] = {"dataset": self.dataset, **record}
 
 
-def recorded_dataset(raw: Mapping[str, Any], path: str | Path) -> str | None:
+def _recorded_dataset(raw: Mapping[str, Any], path: str | Path) -> str | None:
     """The ``--dataset`` a checkpoint was trained on: its record, else its run's ``config.yaml``, else ``None``."""
     record = raw.get(DATA_KEY)
     if isinstance(record, dict) and isinstance(record.get("dataset"), str):
@@ -105,12 +120,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_durable(target, lambda f: torch.save(checkpoint, f), check=check_archive)
+            write_durable(target, lambda f: torch.save(checkpoint, f), check=_check_archive)
         except OSError as err:
             raise CheckpointWriteError(target, first_line(err)) from None
 
 
-def check_archive(path: Path) -> None:
+def _check_archive(path: Path) -> None:
     """Check that ``path`` is a complete ``torch.save`` archive: its zip directory (at the end of the file)
     reads, it holds a pickle, and every member lies inside the file.
 
@@ -199,7 +214,7 @@ def _load_failure(path: Path, err: Exception) -> str:
     return f"{path} is not a readable lit_mnist checkpoint ({first_line(err)})"
 
 
-def first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+def _first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
     """The first parameter name whose presence or shape differs between two state dicts, or ``None``."""
     want = {k: tuple(v.shape) for k, v in expected.items()}
     have = {k: tuple(getattr(v, "shape", ())) for k, v in found.items()}
@@ -209,12 +224,12 @@ def first_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> s
 
 
 def check_dataset(path: str | Path, dataset: str) -> None:
-    """Check that the checkpoint ``path`` was trained on ``dataset`` (when it says; see :func:`recorded_dataset`).
+    """Check that the checkpoint ``path`` was trained on ``dataset`` (when it says; see :func:`_recorded_dataset`).
 
     Raises:
         CheckpointError: what :func:`read_checkpoint` raises, or the two datasets.
     """
-    if (saved := recorded_dataset(read_checkpoint(path), path)) not in (None, dataset):
+    if (saved := _recorded_dataset(read_checkpoint(path), path)) not in (None, dataset):
         raise CheckpointError(
             f"{path} was trained on --dataset {saved} and this run asks for --dataset {dataset}; resume it "
             f"with --dataset {saved} (see its run's {CONFIG_NAME}: --config), or start a new run without "
@@ -259,9 +274,9 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
             "with save_weights_only): it cannot resume training; resume from the run's last.ckpt, or use "
             "it with evaluate.py, predict.py or export.py"
         )
-    if why := MNISTClassifier.resume_mismatch(raw, model.steps_per_batch):
+    if why := resume_mismatch(raw, model.steps_per_batch):
         raise CheckpointError(f"{path} {why} (see its run's {CONFIG_NAME}: --config)")
-    if (wrong := first_difference(model.state_dict(), raw["state_dict"])) is not None:
+    if (wrong := _first_difference(model.state_dict(), raw["state_dict"])) is not None:
         raise CheckpointError(
             f"{path} holds another model shape (first difference: {wrong}); pass the flags it was trained "
             f"with (see its run's {CONFIG_NAME}: --config)"

@@ -18,6 +18,13 @@ from lit_mnist.inference import DatasetInfo
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import replace_atomic
 
+__all__ = [
+    "EXPORT_FORMATS",
+    "export_metadata",
+    "export_model",
+    "run_exported",
+]
+
 #: Export format -> the file suffix it is written with.
 EXPORT_FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 

@@ -28,6 +28,13 @@ from lit_mnist.data import Loader, TensorDataModule, default_data_dir
 from lit_mnist.errors import ConfigError, DataError, ImageError
 from lit_mnist.images import read_grayscale, read_rgb
 
+__all__ = [
+    "COLORS",
+    "Color",
+    "ImageFolderDataModule",
+    "read_image",
+]
+
 Color = Literal["grayscale", "rgb"]
 COLORS: tuple[str, ...] = get_args(Color)
 
@@ -60,13 +67,7 @@ class ImageFolderDataModule(TensorDataModule):
 
     Args:
         data_dir: The folder. Defaults to ``$LIT_MNIST_DATA_DIR`` or ``./data``.
-        batch_size: Samples per batch (per device under DDP).
-        num_workers: DataLoader worker processes (``torchvision`` loader only).
-        val_size: Training images held out for validation: a count, or a fraction in (0, 1).
         split_seed: Seed of the test (when held out) and validation splits.
-        loader: ``"memory"`` or ``"torchvision"``, as for every :class:`TensorDataModule`.
-        seed: Seed of the shuffling of the training batches.
-        steps_per_batch: Step groups of the in-memory loader (see :class:`TensorDataModule`).
         image_size: Height and width every image is resized to.
         color: ``grayscale`` (one channel) or ``rgb`` (three).
         test_size: Without a ``test`` sub-folder: images held out for the test set, a count or a
@@ -75,6 +76,10 @@ class ImageFolderDataModule(TensorDataModule):
             warning); without it, such a file stops the run with its name.
         mean: Normalisation (one value or one per channel); ``None``: computed from the training images.
         std: As ``mean``.
+        **others: The other arguments are :class:`TensorDataModule`'s, with its defaults
+            (``batch_size``, ``num_workers``, ``val_size``, ``loader``, ``seed``, ``steps_per_batch``,
+            ``augment_*``), spelled out in the signature for LightningCLI and the run config; a test
+            keeps them equal to the base's.
     """
 
     def __init__(

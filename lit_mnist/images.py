@@ -19,6 +19,18 @@ from torch import Tensor
 from lit_mnist.errors import ImageError
 from lit_mnist.runtime import first_line
 
+__all__ = [
+    "FIT_CHOICES",
+    "IMAGE_FORMATS",
+    "INVERT_CHOICES",
+    "fit_digit",
+    "fit_frame",
+    "prepare_image",
+    "read_grayscale",
+    "read_rgb",
+    "should_invert",
+]
+
 #: Image formats that ``predict`` opens (PIL's names); anything else is refused before decoding.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 INVERT_CHOICES = ("auto", "yes", "no")
@@ -91,7 +103,7 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def border_level(gray: np.ndarray) -> float:
+def _border_level(gray: np.ndarray) -> float:
     """The median of the outermost ring of pixels: the background's brightness."""
     ring = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return float(np.median(ring))
@@ -105,7 +117,7 @@ def should_invert(gray: np.ndarray, invert: str = "auto") -> bool:
     """
     if invert != "auto":
         return invert == "yes"
-    level = border_level(gray) if min(gray.shape) >= 3 else float(gray.mean())
+    level = _border_level(gray) if min(gray.shape) >= 3 else float(gray.mean())
     return level > 0.5
 
 
@@ -130,7 +142,7 @@ def fit_frame(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pad to a square with the background, then resize to ``size`` (unchanged if already that size)."""
     if gray.shape == size:
         return gray
-    return _resize(_pad_square(gray, border_level(gray)), size)
+    return _resize(_pad_square(gray, _border_level(gray)), size)
 
 
 def fit_digit(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -140,7 +152,7 @@ def fit_digit(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (aspect ratio kept) to fit a box of 20/28 of the frame, and place it so that its centre of
     mass is the frame's centre.
     """
-    background = border_level(gray)
+    background = _border_level(gray)
     peak = float(gray.max())
     if peak - background < 1e-3:
         return fit_frame(gray, size)  # a blank image: nothing to centre

@@ -8,6 +8,8 @@ Which dataset a checkpoint belongs to (for the test set and the normalisation co
 the checkpoint records (a ``--dataset`` that contradicts it is refused), else the ``--dataset`` given,
 else the ``dataset:`` of the run's ``config.yaml`` (``<run>/checkpoints/x.ckpt`` -> ``<run>/config.yaml``),
 else ``mnist``: :func:`resolve_dataset`.
+
+Names outside ``__all__`` serve lit_mnist's own modules (the commands, the run) and may change.
 """
 
 from __future__ import annotations
@@ -28,14 +30,25 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint
-from lit_mnist.data import MNISTDataModule, TensorDataModule, default_data_dir
+from lit_mnist.data import TensorDataModule, default_data_dir
 from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import ImageError, UsageError
 from lit_mnist.folder import read_image
 from lit_mnist.images import prepare_image
 from lit_mnist.loader import InMemoryBatchLoader
+from lit_mnist.mnist import MNISTDataModule
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.runtime import PRECISIONS, quiet_lightning, quiet_trainer, write_atomic
+
+__all__ = [
+    "Evaluation",
+    "Prediction",
+    "evaluate",
+    "format_evaluation",
+    "predict_files",
+    "predict_tensors",
+    "write_predictions",
+]
 
 
 # --------------------------------------------------------------------------- a checkpoint's dataset
@@ -172,7 +185,7 @@ def run_precision(run_config: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- evaluate
-class ConfusionMatrixCallback(L.Callback):
+class _ConfusionMatrixCallback(L.Callback):
     """Accumulates the confusion matrix of the very predictions ``test_step`` makes.
 
     ``MNISTClassifier.test_step`` returns ``{"preds": class indices}`` (the monitoring callbacks use
@@ -259,7 +272,7 @@ def evaluate(
         DataError: the dataset is missing or corrupted.
     """
     hp: Any = model.hparams
-    confusion = ConfusionMatrixCallback(int(hp.num_classes))
+    confusion = _ConfusionMatrixCallback(int(hp.num_classes))
     with quiet_lightning():
         trainer = quiet_trainer(accelerator, precision, callbacks=[confusion])
         (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)

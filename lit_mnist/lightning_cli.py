@@ -29,8 +29,8 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_mnist.data import MNISTDataModule
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
+from lit_mnist.mnist import MNISTDataModule
 from lit_mnist.module import MNISTClassifier
 
 

@@ -55,6 +55,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from lit_mnist.errors import LoaderStateError
+from lit_mnist.groups import check_steps_per_batch
 
 __all__ = ["InMemoryBatchLoader", "LoaderStateError"]
 
@@ -182,7 +183,7 @@ class InMemoryBatchLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.pad_shards = self.shuffle if pad_shards is None else bool(pad_shards)
-        self.steps_per_batch = _check_int("steps_per_batch", steps_per_batch, minimum=1)
+        self.steps_per_batch = check_steps_per_batch(steps_per_batch)
         draws = getattr(augment, "draws", None)
         if augment is not None and (not isinstance(draws, int) or draws < 1):
             raise ValueError("augment must have an int attribute `draws` >= 1 (uniform numbers per sample)")

@@ -5,6 +5,8 @@ with step groups every value is written at its optimizer step in every logger. T
 write into the run folder ``LOG_DIR/version_N``; MLflow into a local store inside ``LOG_DIR`` unless a
 tracking URI is given (a shared server): ``sqlite:///LOG_DIR/mlflow.db`` and ``LOG_DIR/mlartifacts``; W&B into the run folder, offline unless the user has an API key.
 mlflow and wandb are optional extras of the package.
+
+Names outside ``__all__`` serve lit_mnist's own modules (the commands, the run) and may change.
 """
 
 from __future__ import annotations
@@ -23,20 +25,59 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
 
-from lit_mnist.callbacks import MonitoringTensorBoardLogger
 from lit_mnist.errors import UsageError
 from lit_mnist.groups import OptimizerStepAxis
 from lit_mnist.runtime import first_line
 
+__all__ = [
+    "LOGGERS",
+    "LoggerName",
+    "MonitoringTensorBoardLogger",
+    "StepCSVLogger",
+    "StepMLFlowLogger",
+    "StepWandbLogger",
+    "build_loggers",
+]
+
 LoggerName = Literal["tensorboard", "csv", "mlflow", "wandb"]
 LOGGERS: tuple[str, ...] = get_args(LoggerName)
 #: The package each optional logger needs, installed with ``pip install -e ".[NAME]"``.
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
-MLFLOW_EXPERIMENT = "lit_mnist"
+_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+_MLFLOW_EXPERIMENT = "lit_mnist"
 WANDB_PROJECT = "lit_mnist"
+
+
+class MonitoringTensorBoardLogger(OptimizerStepAxis, TensorBoardLogger):
+    """``TensorBoardLogger`` whose ``log_graph=True`` writes the model graph once, without warnings.
+
+    With step groups (:class:`~lit_mnist.groups.StepGroups` binds it) it writes every value at its
+    optimizer step (:class:`~lit_mnist.groups.OptimizerStepAxis`).
+
+    Lightning calls ``log_graph`` at the start of every ``fit`` / ``test``; TensorBoard traces the
+    model with ``torch.jit.trace``, which torch 2.14 deprecates (a ``FutureWarning`` every run) and
+    whose walk over the module touches a deprecated torchmetrics property. Those warnings say nothing
+    a user can act on, so they are silenced here, for the tracing only. The graph is written once.
+    """
+
+    _graph_logged = False
+
+    def log_graph(self, model: L.LightningModule, input_array: Tensor | None = None) -> None:  # type: ignore[override]
+        if self._graph_logged:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning
+            )
+            warnings.filterwarnings(
+                "ignore", message=r"This property will be removed in 2\.0\.0", category=DeprecationWarning
+            )
+            super().log_graph(model, input_array)
+        self._graph_logged = True  # (nothing was written if the logger was made with log_graph=False)
 
 
 class StepCSVLogger(OptimizerStepAxis, CSVLogger):  # type: ignore[misc]  # CSVLogger narrows log_metrics
@@ -68,13 +109,13 @@ class StepWandbLogger(OptimizerStepAxis, WandbLogger):
 def check_installed(names: Sequence[str]) -> None:
     """Raise :class:`UsageError` naming the extra to install for a logger whose package is missing."""
     for name in names:
-        if name in EXTRAS:
+        if name in _EXTRAS:
             try:
-                importlib.import_module(EXTRAS[name])
+                importlib.import_module(_EXTRAS[name])
             except ImportError:
                 raise UsageError(
-                    f'--logger {name} needs the {EXTRAS[name]} package: pip install -e ".[{name}]" '
-                    f"(or pip install {EXTRAS[name]})"
+                    f'--logger {name} needs the {_EXTRAS[name]} package: pip install -e ".[{name}]" '
+                    f"(or pip install {_EXTRAS[name]})"
                 ) from None
 
 
@@ -127,7 +168,7 @@ def build_loggers(
     log_dir: str | Path,
     version: int | None,
     mlflow_tracking_uri: str | None = None,
-    mlflow_experiment: str = MLFLOW_EXPERIMENT,
+    mlflow_experiment: str = _MLFLOW_EXPERIMENT,
     log_graph: bool = True,
 ) -> list[Logger]:
     """The loggers ``names`` for the run ``LOG_DIR/version_N``, in the order given.

@@ -6,10 +6,11 @@ other argument. The module knows nothing of files, flags or the datamodule.
 
 With the default ``steps_per_batch=1`` it is an ordinary LightningModule: one optimizer step per
 training batch, Lightning's automatic optimization, every hook, scheduler and Trainer flag as
-Lightning's documentation describes. ``steps_per_batch=K > 1`` is the fast path (see
-:mod:`lit_mnist.groups`): each training batch is a *step group* of ``K`` batches and
+Lightning's documentation describes. ``steps_per_batch=K > 1`` is the fast path, kept in
+:mod:`lit_mnist.groups`: each training batch is a *step group* of ``K`` batches and
 :meth:`MNISTClassifier.training_group` takes their ``K`` optimizer steps with Lightning's manual
-optimization, so Lightning's per-batch work is paid once per ``K`` steps.
+optimization (:func:`lit_mnist.groups.take_group_steps`), so Lightning's per-batch work is paid once
+per ``K`` steps.
 """
 
 from __future__ import annotations
@@ -21,14 +22,27 @@ from typing import Any, Literal, get_args
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.types import LRSchedulerConfig, OptimizerLRSchedulerConfig
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_mnist.errors import ConfigError
+from lit_mnist.groups import (
+    CHECKPOINT_KEY,
+    check_batch,
+    check_fit,
+    check_module_hooks,
+    check_steps_per_batch,
+    group_total_steps,
+    resume_mismatch,
+    take_group_steps,
+)
 from lit_mnist.networks import CNN, MLP
+
+__all__ = [
+    "MODELS", "OPTIMIZERS", "SCHEDULERS", "Batch", "CnnPadding", "MNISTClassifier", "Model", "Optimizer", "Scheduler",
+]  # fmt: skip
 
 Model = Literal["mlp", "cnn"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
@@ -37,14 +51,6 @@ CnnPadding = Literal["same", "valid"]
 MODELS: tuple[str, ...] = get_args(Model)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
-
-#: Module hooks that Lightning calls only with automatic optimization and a step group cannot call
-#: in their place (the others, ``optimizer_step``, ``optimizer_zero_grad``, ``on_before_zero_grad``
-#: and ``lr_scheduler_step``, are called by :meth:`MNISTClassifier.training_group` at every step).
-NOT_IN_STEP_GROUPS = ("training_step", "configure_gradient_clipping")
-
-#: The key of the checkpoint entry that records how the run took its optimizer steps.
-CHECKPOINT_KEY = "lit_mnist"
 
 Batch = Sequence[Tensor]  # (images, targets)
 
@@ -60,6 +66,23 @@ class MNISTClassifier(L.LightningModule):
     :meth:`output_activation` (what ``predict_step`` returns) and :meth:`predicted_classes` (what the
     monitoring callbacks see). Overriding them makes another head (a regression, a multi-label
     classifier) with the same training, validation, test and predict steps, step groups included.
+
+    Order in a subclass: ``__init__`` ends by calling :meth:`build_network`, :meth:`build_loss` and
+    :meth:`build_metrics`, so a new module has its network and parameters at once (a forward pass,
+    ``configure_optimizers`` and ``state_dict`` work without a Trainer, and a seeded run draws the
+    same initial weights on every device). What an override reads must exist by then: a setting of
+    the subclass's own is best an argument of its ``__init__``, read as ``self.hparams.<name>``
+    (``save_hyperparameters`` records it with the others, so ``load_from_checkpoint`` restores it);
+    a plain attribute must be set *before* ``super().__init__(...)``. An attribute set after it is
+    missing when the network is built, and the ``AttributeError`` says so::
+
+        class WideMLP(MNISTClassifier):
+            def __init__(self, width: int = 256, **kwargs):
+                super().__init__(**kwargs)  # records width in self.hparams, then builds the network
+
+            def build_network(self):
+                return nn.Sequential(nn.Flatten(), nn.Linear(784, self.hparams.width), nn.ReLU(),
+                                     nn.Linear(self.hparams.width, self.hparams.num_classes))
 
     Args:
         model: ``"mlp"`` (the classic 784-128-64-10 network) or ``"cnn"``.
@@ -123,40 +146,11 @@ class MNISTClassifier(L.LightningModule):
         cycle_momentum: bool = True,
     ) -> None:
         super().__init__()
-        _check_choice("model", model, MODELS)
-        _check_choice("optimizer", optimizer, OPTIMIZERS)
-        _check_choice("scheduler", scheduler, SCHEDULERS)
-        if not lr > 0:
-            raise ConfigError("lr", f"must be > 0, got {lr}")
-        if momentum < 0:
-            raise ConfigError("momentum", f"must be >= 0, got {momentum}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
-        if nesterov and (optimizer != "sgd" or momentum <= 0):
-            raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
-        if weight_decay < 0:
-            raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
-        if step_size < 1:
-            raise ConfigError("step_size", f"must be >= 1, got {step_size}")
-        if not 0 < gamma <= 1:
-            raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
-        if steps_per_batch < 1:
-            raise ConfigError("steps_per_batch", f"must be >= 1, got {steps_per_batch}")
-        if steps_per_batch > 1:
-            for hook in NOT_IN_STEP_GROUPS:
-                parent = MNISTClassifier if hook == "training_step" else L.LightningModule
-                if is_overridden(hook, self, parent):
-                    why = (
-                        "step groups take their steps in MNISTClassifier.training_group instead"
-                        if hook == "training_step"
-                        else "Lightning calls it only with automatic optimization (one step per batch)"
-                    )
-                    raise ConfigError(
-                        "steps_per_batch",
-                        f"must be 1 for {type(self).__name__}, which overrides {hook}: {why}; got {steps_per_batch}",
-                    )
+        _check_settings(
+            model, optimizer, scheduler, lr, momentum, betas, nesterov, weight_decay, step_size, gamma,
+            label_smoothing,
+        )  # fmt: skip
+        check_module_hooks(self, check_steps_per_batch(steps_per_batch), stepper=MNISTClassifier)
         # Plain lists, not tuples: hparams.yaml and weights_only loading stay simple.
         # save_hyperparameters reads the current values of the arguments from this frame.
         hidden_sizes = [int(h) for h in hidden_sizes]
@@ -168,14 +162,26 @@ class MNISTClassifier(L.LightningModule):
         self.steps_per_batch = steps_per_batch
         self.automatic_optimization = steps_per_batch == 1
 
+        try:
+            self._build(channels_last)
+        except AttributeError as err:
+            if getattr(err, "obj", None) is not self or not getattr(err, "name", None):
+                raise
+            raise AttributeError(
+                f"{err}: {type(self).__name__} reads self.{err.name} while MNISTClassifier.__init__ builds the "
+                f"network, before it is set. Make {err.name} an argument of {type(self).__name__}.__init__ and "
+                f"read self.hparams.{err.name}, or set self.{err.name} before calling super().__init__()"
+            ) from err
+        self.example_input_array = torch.zeros(1, *input_shape)
+
+    def _build(self, channels_last: bool) -> None:
+        """The network, the loss and each stage's metrics, from the overridable ``build_*`` methods."""
         self.net = self.build_network()
         if channels_last and type(self.net) is CNN:
             # Only the 4-d weights change layout; Lightning's moves to a device keep it (preserve_format).
             # Not a network of an override: its forward may flatten with .view(), which needs NCHW.
             self.net.to(memory_format=torch.channels_last)
         self.criterion = self.build_loss()
-        self.example_input_array = torch.zeros(1, *input_shape)
-
         # Each stage's metrics, logged as "<stage>/<name>" (train/acc, val/acc, test/acc).
         self.train_metrics = self._metric_collection("train")
         self.val_metrics = self._metric_collection("val")
@@ -265,7 +271,7 @@ class MNISTClassifier(L.LightningModule):
         """
         if self.steps_per_batch > 1:
             return self.training_group(batch, batch_idx)
-        x, y = _plain_batch(batch, self.steps_per_batch)
+        x, y = check_batch(batch, self.steps_per_batch)
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_metrics.update(logits.detach(), y)
@@ -288,82 +294,20 @@ class MNISTClassifier(L.LightningModule):
     def training_group(self, group: Sequence[Batch], batch_idx: int) -> Tensor:
         """Take the optimizer steps of a step group, one per batch, as automatic optimization would.
 
-        For each batch, in order: a closure runs the forward pass and the loss, then
-        ``on_before_zero_grad`` and ``optimizer_zero_grad`` (which clears the gradients) and
-        ``manual_backward``; the ``optimizer_step`` hook takes the step with that closure (so an
-        override, e.g. a learning-rate warm-up, works as with one step per batch); schedulers with
-        ``interval="step"`` are stepped through ``lr_scheduler_step`` after each step, those with
-        ``interval="epoch"`` after the epoch's last step, each at its ``frequency``. The hooks get the step's index within the epoch as ``batch_idx``, as they would with
-        one step per batch, and ``trainer.global_step`` counts every optimizer step.
-
-        ``train/loss`` is the loss of the group's last step (what one step per batch logs at that
-        step; see :meth:`_written`); train accuracy is updated once per group. Returns the mean loss over the group's
-        samples, which callbacks see as this batch's loss.
+        :func:`lit_mnist.groups.take_group_steps` takes the steps, calling the hooks one step per
+        batch calls. ``train/loss`` is the loss of the group's last step (what one step per batch
+        logs at that step; see :meth:`_written`); train accuracy is updated once per group. Returns
+        the mean loss over the group's samples, which callbacks see as this batch's loss.
         """
-        if not group or isinstance(group[0], Tensor):
-            raise ConfigError(
-                "steps_per_batch",
-                f"is {self.steps_per_batch} but the training batch is not a step group (a list of "
-                "(images, targets) batches): give the datamodule the same steps_per_batch as the module",
-            )
-        trainer = self.trainer
-        optimizer: Any = self.optimizers()
-        epoch = trainer.current_epoch
-        configs = trainer.lr_scheduler_configs
-        first = batch_idx * self.steps_per_batch  # the index of the group's first step in the epoch
-        losses, logits, sizes = [], [], []
-        for offset, (x, y) in enumerate(group):
-            step = first + offset
-            closure = _StepClosure(self, x, y, optimizer, epoch, step)
-            self.optimizer_step(epoch, step, optimizer, closure)
-            losses.append(closure.loss)
-            logits.append(closure.logits)
-            sizes.append(len(y))
-            self._step_schedulers(configs, "step", step + 1)
-        self.train_metrics.update(torch.cat(logits), torch.cat([y for _, y in group]))
-        if self._written(trainer.global_step // self.steps_per_batch):  # groups done, this one included
-            self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
-        if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last group
-            self._step_schedulers(configs, "epoch", epoch + 1)
-        stacked = torch.stack(losses)
-        if len(set(sizes)) == 1:
-            return stacked.mean()
-        weights = torch.tensor(sizes, dtype=stacked.dtype).to(stacked.device, non_blocking=True)
-        return (stacked * weights).sum() / sum(sizes)
-
-    def _step_schedulers(self, configs: Sequence[LRSchedulerConfig], interval: str, count: int) -> None:
-        """Step the schedulers of ``interval`` whose frequency divides ``count``, as Lightning's loop does.
-
-        ``count`` is the step's number within the epoch (from 1) or the number of epochs done.
-        """
-        for config in configs:
-            if config.interval == interval and count % config.frequency == 0:
-                self.lr_scheduler_step(config.scheduler, None)
+        steps = take_group_steps(self, group, batch_idx, self.steps_per_batch, self.criterion)
+        self.train_metrics.update(steps.outputs, steps.targets)
+        if self._written(self.trainer.global_step // self.steps_per_batch):  # groups done, this one included
+            self.log("train/loss", steps.last_loss, on_step=True, on_epoch=False, prog_bar=True)
+        return steps.loss
 
     def on_fit_start(self) -> None:
-        if self.steps_per_batch == 1:
-            return
-        trainer = self.trainer
-        if len(trainer.optimizers) != 1:
-            raise ConfigError(
-                "steps_per_batch",
-                f"must be 1 when configure_optimizers returns {len(trainer.optimizers)} optimizers "
-                f"(a step group steps one); got {self.steps_per_batch}",
-            )
-        for config in trainer.lr_scheduler_configs:
-            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                raise ConfigError(
-                    "steps_per_batch",
-                    "must be 1 with a ReduceLROnPlateau scheduler: step groups use manual optimization, in which "
-                    f"Lightning drops the scheduler's monitor; got {self.steps_per_batch}",
-                )
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if is_overridden("on_before_zero_grad", callback, L.Callback):
-                raise ConfigError(
-                    "steps_per_batch",
-                    f"must be 1 with the callback {type(callback).__name__}: it has on_before_zero_grad, which "
-                    f"Lightning calls on callbacks only with one step per batch; got {self.steps_per_batch}",
-                )
+        if self.steps_per_batch > 1:
+            check_fit(self.trainer, self.steps_per_batch)
 
     def on_train_start(self) -> None:
         # The sanity check ran validation before training: that accuracy is not a result.
@@ -381,29 +325,12 @@ class MNISTClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"steps_per_batch": self.steps_per_batch}
 
-    @staticmethod
-    def resume_mismatch(checkpoint: dict[str, Any], steps_per_batch: int) -> str | None:
-        """Why a run with ``steps_per_batch`` cannot resume from ``checkpoint``, or ``None`` if it can.
-
-        Lightning counts the optimizer steps of automatic and manual optimization apart, and its
-        logging step in training batches: a run resumed with another group size would restart its
-        step count, or log at other steps. A checkpoint that does not say was written with 1.
-        """
-        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("steps_per_batch", 1)
-        if saved == steps_per_batch:
-            return None
-        return (
-            f"was written by a run with {saved} optimizer step(s) per training batch and this run takes "
-            f"{steps_per_batch}: Lightning would restart or shift its step count. Resume with the settings "
-            "the run was started with"
-        )
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume training with another ``steps_per_batch`` (see :meth:`resume_mismatch`).
+        """Refuse to resume training with another ``steps_per_batch`` (see :func:`lit_mnist.groups.resume_mismatch`).
 
         Loading weights (testing, ``load_from_checkpoint``) is always fine.
         """
-        if self._fitting() and (why := self.resume_mismatch(checkpoint, self.steps_per_batch)):
+        if self._fitting() and (why := resume_mismatch(checkpoint, self.steps_per_batch)):
             raise ConfigError("steps_per_batch", f"is {self.steps_per_batch}, but the checkpoint {why}")
 
     def _fitting(self) -> bool:
@@ -510,10 +437,7 @@ class MNISTClassifier(L.LightningModule):
         trainer = self.trainer
         total = trainer.estimated_stepping_batches  # sets up the training data, so the counts below exist
         if self.steps_per_batch > 1:
-            epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
-            total = trainer.num_training_batches * self.steps_per_batch * epochs
-            if trainer.max_steps != -1:
-                total = min(total, trainer.max_steps)
+            total = group_total_steps(trainer, self.steps_per_batch)
         if not math.isfinite(total):
             raise ConfigError(
                 "scheduler",
@@ -522,44 +446,39 @@ class MNISTClassifier(L.LightningModule):
         return max(int(total), 1)
 
 
-class _StepClosure:
-    """One step of a group as an optimizer closure: forward, loss, the zero-grad hooks, backward.
-
-    After it has run, ``loss`` and ``logits`` hold the step's loss and logits (detached).
-    """
-
-    def __init__(
-        self, module: MNISTClassifier, x: Tensor, y: Tensor, optimizer: Any, epoch: int, step: int
-    ) -> None:
-        self.module, self.x, self.y, self.optimizer, self.epoch, self.step = (
-            module,
-            x,
-            y,
-            optimizer,
-            epoch,
-            step,
-        )
-        self.loss = self.logits = torch.empty(0)
-
-    def __call__(self) -> Tensor:
-        module = self.module
-        logits = module(self.x)
-        loss = module.criterion(logits, self.y)
-        self.loss, self.logits = loss.detach(), logits.detach()
-        module.on_before_zero_grad(self.optimizer)
-        module.optimizer_zero_grad(self.epoch, self.step, self.optimizer)
-        module.manual_backward(loss)
-        return loss
-
-
-def _plain_batch(batch: Any, steps_per_batch: int) -> Batch:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        return batch
-    raise ConfigError(
-        "steps_per_batch",
-        f"is {steps_per_batch} but the training batch is not an (images, targets) pair: a step group comes from "
-        "a datamodule with steps_per_batch > 1; give the module and the datamodule the same steps_per_batch",
-    )
+def _check_settings(
+    model: str,
+    optimizer: str,
+    scheduler: str,
+    lr: float,
+    momentum: float,
+    betas: Sequence[float],
+    nesterov: bool,
+    weight_decay: float,
+    step_size: int,
+    gamma: float,
+    label_smoothing: float,
+) -> None:
+    """Raise a :class:`ConfigError` naming the first invalid setting of :class:`MNISTClassifier`."""
+    _check_choice("model", model, MODELS)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("scheduler", scheduler, SCHEDULERS)
+    if not lr > 0:
+        raise ConfigError("lr", f"must be > 0, got {lr}")
+    if momentum < 0:
+        raise ConfigError("momentum", f"must be >= 0, got {momentum}")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
+    if nesterov and (optimizer != "sgd" or momentum <= 0):
+        raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
+    if weight_decay < 0:
+        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
+    if step_size < 1:
+        raise ConfigError("step_size", f"must be >= 1, got {step_size}")
+    if not 0 < gamma <= 1:
+        raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
 
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:

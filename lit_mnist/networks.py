@@ -9,6 +9,11 @@ from torch import Tensor, nn
 
 from lit_mnist.errors import ConfigError
 
+__all__ = [
+    "CNN",
+    "MLP",
+]
+
 
 class MLP(nn.Module):
     """A fully connected classifier: flatten, then Linear+ReLU blocks, then a Linear to the logits.

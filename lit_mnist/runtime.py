@@ -3,6 +3,8 @@
 The accelerator and precision names the commands accept, the check that a GPU asked for is there,
 writing a file so that a reader never sees half of it, and a Trainer that prints nothing but the
 result it is asked for.
+
+lit_mnist's own plumbing, shared by its modules: nothing here is public API (``__all__`` is empty).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
-
-import lightning as L
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from lit_mnist.errors import RunLockedError, UsageError
+
+__all__: list[str] = []
+
+if TYPE_CHECKING:
+    import lightning as L
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
@@ -41,6 +45,8 @@ def check_accelerator(accelerator: str) -> None:
     Raises:
         UsageError: one line naming ``--accelerator`` and what to use instead.
     """
+    import torch  # here: a command's --help and usage errors need no torch
+
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError(
             f"--accelerator {accelerator}: no CUDA GPU is visible on this machine "
@@ -79,7 +85,7 @@ def replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
 #: How a file being written by :func:`write_durable` ends its name (never ``.ckpt``: no glob takes it).
 PARTIAL_SUFFIX = ".partial"
 #: A partial file not modified for this long is left over from a process that died (any host).
-STALE_PARTIAL_S = 600.0
+_STALE_PARTIAL_S = 600.0
 
 
 def write_durable(
@@ -112,10 +118,10 @@ def write_durable(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    sync_folder(path.parent)
+    _sync_folder(path.parent)
 
 
-def sync_folder(folder: Path) -> None:
+def _sync_folder(folder: Path) -> None:
     """``fsync`` a folder, so that a rename or removal in it survives a crash (where the filesystem can)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -134,7 +140,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     """Remove the temporary files that :func:`write_durable` left in ``folder`` when its process died.
 
     A file is stale when the process that wrote it (its name holds the host and the PID) is gone from
-    this host, or when nothing wrote to it for :data:`STALE_PARTIAL_S` (another host's). Returns the
+    this host, or when nothing wrote to it for :data:`_STALE_PARTIAL_S` (another host's). Returns the
     removed files.
     """
     removed = []
@@ -144,7 +150,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     for tmp in folder.glob(f".*{PARTIAL_SUFFIX}") if folder.is_dir() else ():
         try:
             here = ours.fullmatch(tmp.name)
-            if (here and not _alive(int(here[1]))) or time.time() - tmp.stat().st_mtime > STALE_PARTIAL_S:
+            if (here and not _alive(int(here[1]))) or time.time() - tmp.stat().st_mtime > _STALE_PARTIAL_S:
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # removed meanwhile
@@ -246,12 +252,12 @@ def quiet_lightning() -> Iterator[None]:
 
 
 #: Deprecation warnings that Lightning's own code raises under newer torch: not the user's business.
-UPSTREAM_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)  # lightning 2.6.6, torch 2.14
+_UPSTREAM_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)  # lightning 2.6.6, torch 2.14
 
 
 def ignore_upstream_deprecations() -> None:
-    """Filter :data:`UPSTREAM_DEPRECATIONS` (in the current ``warnings.catch_warnings`` block, if any)."""
-    for message in UPSTREAM_DEPRECATIONS:
+    """Filter :data:`_UPSTREAM_DEPRECATIONS` (in the current ``warnings.catch_warnings`` block, if any)."""
+    for message in _UPSTREAM_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
@@ -294,5 +300,7 @@ def quiet_trainer(accelerator: str = "auto", precision: str = "32-true", **overr
         "enable_model_summary": False,
         **overrides,
     }
+    import lightning as L
+
     with quiet_lightning():
         return L.Trainer(**settings)

@@ -41,6 +41,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_mnist.errors import Aborted, CheckpointWriteError, NonFiniteLossError
 
+__all__ = [
+    "GracefulInterrupt",
+    "LastCheckpoint",
+    "NonFiniteLossGuard",
+]
+
 
 class GracefulInterrupt(L.Callback):
     """On the first SIGINT (Ctrl-C), stop after the current batch the way SIGTERM does; on a second, abort.

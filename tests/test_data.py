@@ -1,5 +1,6 @@
 """The datamodule: real IDX parsing, splits, normalisation, both loader paths, offline and integrity errors."""
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 from torchvision import datasets
 
-from lit_mnist.data import DATA_DIR_ENV, MNISTDataModule, default_data_dir
+from lit_mnist.data import DATA_DIR_ENV, TensorDataModule, default_data_dir
 from lit_mnist.errors import DataError
+from lit_mnist.folder import ImageFolderDataModule
+from lit_mnist.mnist import MNISTDataModule
 from tests.conftest import write_idx, write_tiny_mnist
 
 MEAN, STD = 0.1307, 0.3081
@@ -157,7 +160,7 @@ def test_val_size_must_leave_training_images(tiny_data: Path) -> None:
 
 
 def test_sibling_dataset_is_a_few_class_attributes(tmp_path: Path) -> None:
-    from lit_mnist.data import FashionMNISTDataModule
+    from lit_mnist.mnist import FashionMNISTDataModule
 
     write_tiny_mnist(tmp_path, folder="FashionMNIST")
     dm = FashionMNISTDataModule(str(tmp_path), val_size=100)
@@ -177,3 +180,25 @@ def test_real_mnist_passes_the_md5_check(real_data_dir: Path) -> None:
     images, _ = dm.split("train")
     assert abs(images.mean().item()) < 0.01
     assert abs(images.std().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("cls", "own", "defaults"),
+    [
+        (MNISTDataModule, {"data_dir", "download"}, {"val_size": 5_000}),
+        (ImageFolderDataModule, {"data_dir", "image_size", "color", "test_size", "skip_bad_images", "mean", "std"}, {}),
+    ],
+)  # fmt: skip
+def test_a_datamodule_passes_the_bases_arguments_through_unchanged(
+    cls: type, own: set[str], defaults: dict[str, object]
+) -> None:
+    """The subclasses spell the base's arguments out (LightningCLI and the run config read the signature):
+    the same names in the same order, with the same types and defaults, but for the defaults they change."""
+    base = inspect.signature(TensorDataModule.__init__).parameters
+    passed = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name not in own}
+    assert list(passed) == list(base)
+    for name, param in passed.items():
+        assert param.annotation == base[name].annotation, name
+        assert param.kind == base[name].kind, name
+        assert param.default == defaults.get(name, base[name].default), name
+    assert all(base[name].default != value for name, value in defaults.items())  # a real change

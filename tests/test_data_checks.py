@@ -1,4 +1,4 @@
-"""Data checked before training (issue 17): labels out of range, image and label counts that differ and an
+"""Data checked before training: labels out of range, image and label counts that differ and an
 empty test set stop ``scripts/train.py`` at setup with one line naming the file and the fix, exit status 1."""
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from torchvision import datasets
 
-from lit_mnist.data import MNISTDataModule
 from lit_mnist.errors import DataError
+from lit_mnist.mnist import MNISTDataModule
 
 NAMES = [
     "train-images-idx3-ubyte",

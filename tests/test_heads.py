@@ -63,7 +63,7 @@ def test_a_regression_head_trains_validates_tests_and_predicts(
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2 * 10  # 500 images at batch 50, 2 epochs: every step taken
     assert {"train/mae", "val/mae", "val/loss"} <= set(trainer.callback_metrics)
-    [tested] = trainer.test(model, datamodule=dm)  # the inherited test_step (it used to raise IndexError)
+    [tested] = trainer.test(model, datamodule=dm)  # the inherited test_step, on a head without class indices
     assert set(tested) == {"test/loss", "test/mae"}
     values = torch.cat(trainer.predict(model, datamodule=dm))  # type: ignore[arg-type]
     targets = dm.split("test")[1]
@@ -72,7 +72,7 @@ def test_a_regression_head_trains_validates_tests_and_predicts(
 
 
 def test_the_monitoring_callbacks_skip_a_head_without_classes(tiny_data: Path, tmp_path: Path) -> None:
-    from lit_mnist.callbacks import MonitoringTensorBoardLogger
+    from lit_mnist.loggers import MonitoringTensorBoardLogger
 
     dm = DigitValueData(str(tiny_data), val_size=100, batch_size=50, download=False)
     logger = MonitoringTensorBoardLogger(str(tmp_path), name="", default_hp_metric=False)

@@ -64,7 +64,7 @@ def test_step_scheduler_is_per_epoch() -> None:
 )
 @pytest.mark.parametrize("steps", [1, 5])
 def test_step_schedulers_span_the_whole_run(name: str, cls: type, steps: int, tiny_data: Path) -> None:
-    from lit_mnist.data import MNISTDataModule
+    from lit_mnist.mnist import MNISTDataModule
 
     seen = {}
 
@@ -150,7 +150,7 @@ def _accuracy_and_loss(
 def test_logged_validation_and_test_metrics_are_those_of_each_epoch(tiny_data: Path) -> None:
     """val/acc and val/loss are the current weights' accuracy and mean loss over the validation split,
     epoch by epoch (the metrics are reset between epochs); test/acc and test/loss over the test set."""
-    from lit_mnist.data import MNISTDataModule
+    from lit_mnist.mnist import MNISTDataModule
 
     datamodule = MNISTDataModule(str(tiny_data), batch_size=32, val_size=100)
     datamodule.setup("fit")
@@ -192,7 +192,7 @@ def test_adam_betas_reach_the_optimizer(name: str) -> None:
 @pytest.mark.parametrize("cycle", [True, False])
 def test_onecycle_cycles_beta1_only_when_asked(cycle: bool, tiny_data: Path) -> None:
     """--no-cycle-momentum keeps Adam's beta1 as given through the run; PyTorch's default moves it (0.85-0.95)."""
-    from lit_mnist.data import MNISTDataModule
+    from lit_mnist.mnist import MNISTDataModule
 
     seen: list[float] = []
 

@@ -21,10 +21,10 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from torch import Tensor
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
-from lit_mnist.callbacks import MonitoringTensorBoardLogger
 from lit_mnist.cli.train import train_main
 from lit_mnist.errors import ConfigError
 from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar, group_size
+from lit_mnist.loggers import MonitoringTensorBoardLogger
 from lit_mnist.stopping import NonFiniteLossGuard
 
 ROOT = Path(__file__).resolve().parents[1]
