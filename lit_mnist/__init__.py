@@ -11,37 +11,34 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lit_mnist.augment import RandomAffine
-    from lit_mnist.callbacks import (
-        EpochSpeed,
-        MonitoringTensorBoardLogger,
-        ParameterHistograms,
-        PredictionImages,
-        TrainingCurves,
-    )
-    from lit_mnist.data import (
-        FashionMNISTDataModule,
-        KMNISTDataModule,
-        MNISTDataModule,
-        TensorDataModule,
-        TensorImageDataset,
-    )
+    from lit_mnist.callbacks import EpochSpeed, ParameterHistograms, PredictionImages, TrainingCurves
+    from lit_mnist.config import RunConfig
+    from lit_mnist.data import TensorDataModule, TensorImageDataset
+    from lit_mnist.errors import ConfigError
     from lit_mnist.folder import ImageFolderDataModule
     from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
+    from lit_mnist.loggers import MonitoringTensorBoardLogger
+    from lit_mnist.mnist import FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
     from lit_mnist.module import MNISTClassifier
     from lit_mnist.networks import CNN, MLP
+    from lit_mnist.run import RunResult, train
     from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint, NonFiniteLossGuard
 
 #: Where each public name lives.
 EXPORTS: dict[str, str] = {
+    "RunConfig": "lit_mnist.config",
+    "RunResult": "lit_mnist.run",
+    "train": "lit_mnist.run",
+    "ConfigError": "lit_mnist.errors",
     "RandomAffine": "lit_mnist.augment",
     "EpochSpeed": "lit_mnist.callbacks",
-    "MonitoringTensorBoardLogger": "lit_mnist.callbacks",
+    "MonitoringTensorBoardLogger": "lit_mnist.loggers",
     "ParameterHistograms": "lit_mnist.callbacks",
     "PredictionImages": "lit_mnist.callbacks",
     "TrainingCurves": "lit_mnist.callbacks",
-    "FashionMNISTDataModule": "lit_mnist.data",
-    "KMNISTDataModule": "lit_mnist.data",
-    "MNISTDataModule": "lit_mnist.data",
+    "FashionMNISTDataModule": "lit_mnist.mnist",
+    "KMNISTDataModule": "lit_mnist.mnist",
+    "MNISTDataModule": "lit_mnist.mnist",
     "TensorDataModule": "lit_mnist.data",
     "TensorImageDataset": "lit_mnist.data",
     "ImageFolderDataModule": "lit_mnist.folder",
@@ -59,6 +56,7 @@ EXPORTS: dict[str, str] = {
 __all__ = [
     "CNN",
     "MLP",
+    "ConfigError",
     "EpochSpeed",
     "FashionMNISTDataModule",
     "GracefulInterrupt",
@@ -73,11 +71,14 @@ __all__ = [
     "ParameterHistograms",
     "PredictionImages",
     "RandomAffine",
+    "RunConfig",
+    "RunResult",
     "StepGroups",
     "StepProgressBar",
     "TensorDataModule",
     "TensorImageDataset",
     "TrainingCurves",
+    "train",
 ]
 __version__ = "0.1.0"
 

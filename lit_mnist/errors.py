@@ -99,6 +99,7 @@ class Interrupted(Exception):
             under DDP, where the processes agree at its end: training and test are done and written).
         best: During the final test: the checkpoint it was testing.
         results: When ``"finished"``: the results file written.
+        config: The config the run used (the finders' values in place of ``auto``), set by ``train``.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Interrupted(Exception):
         stage: str = "training",
         best: object = None,
         results: object = None,
+        config: object = None,
     ) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
@@ -119,6 +121,7 @@ class Interrupted(Exception):
         self.stage = stage
         self.best = best
         self.results = results
+        self.config = config
 
     @property
     def exit_status(self) -> int:

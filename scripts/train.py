@@ -4,7 +4,7 @@ import sys
 
 from lit_mnist.startup import exit_code, quiet_gc_imports
 
-with quiet_gc_imports():  # torch and Lightning imported with the garbage collector off (lit_mnist.startup)
+with quiet_gc_imports():  # what the command imports, with the garbage collector off (lit_mnist.startup)
     from lit_mnist.cli.train import main
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lit_mnist.config import RunConfig
 from lit_mnist.data import DATA_DIR_ENV
 
 REAL_DATA = os.environ.get(DATA_DIR_ENV)
@@ -70,6 +71,20 @@ def shrunk_args(data_dir: Path, log_dir: Path, max_epochs: int = 2) -> list[str]
 def run_args(tiny_data: Path, tmp_path: Path) -> list[str]:
     """:func:`shrunk_args` on the tiny dataset, logs in tmp_path."""
     return shrunk_args(tiny_data, tmp_path / "logs")
+
+
+def shrunk_config(data_dir: Path, log_dir: Path, max_epochs: int = 2) -> RunConfig:
+    """:func:`shrunk_args` as a config, for tests that call the library (copy it with dataclasses.replace)."""
+    return RunConfig(
+        data_dir=str(data_dir), val_size=100, batch_size=32, accelerator="cpu", devices=1, max_epochs=max_epochs,
+        progress_bar=False, log_every_n_steps=5, log_dir=str(log_dir),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def run_config(tiny_data: Path, tmp_path: Path) -> RunConfig:
+    """:func:`shrunk_config` on the tiny dataset, logs in tmp_path."""
+    return shrunk_config(tiny_data, tmp_path / "logs")
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_mnist.cli.train import get_parser, parse_args, parse_devices, train_main
+from lit_mnist.cli.flags import parse_run, run_parser
+from lit_mnist.cli.train import train_main
+from lit_mnist.config import parse_devices
+from lit_mnist.plan import check_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +72,7 @@ def test_invalid_flags_exit_2_with_one_line(
 def test_num_nodes_without_a_multi_machine_launcher(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """--num-nodes 2 started by hand on one machine waited for ever for the other machine's processes."""
+    """--num-nodes 2 started by hand on one machine would wait for ever for the other machine's processes."""
     for name in list(os.environ):
         if name.startswith(("SLURM_", "LSB_", "TORCHELASTIC_", "OMPI_", "PMI_")) or name in (
             "MASTER_ADDR", "NODE_RANK", "RANK", "GROUP_RANK", "LOCAL_RANK", "WORLD_SIZE"
@@ -81,7 +84,7 @@ def test_num_nodes_without_a_multi_machine_launcher(
     # by hand, the way Lightning documents it: MASTER_ADDR and NODE_RANK on each machine
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("NODE_RANK", "1")
-    assert parse_args(["--num-nodes", "2", "--log-dir", str(tmp_path)]).num_nodes == 2
+    check_machine(parse_run(["--num-nodes", "2", "--log-dir", str(tmp_path)]))  # accepted
 
 
 def test_gpu_on_a_machine_without_one(
@@ -123,7 +126,7 @@ def test_bad_config_files(
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     if expected is None:
-        assert parse_args(["--config", str(path)]).gradient_clip_val is None
+        assert parse_run(["--config", str(path)]).gradient_clip_val is None
         return
     line = _usage_error(["--config", str(path)], capsys)
     assert expected in line
@@ -134,33 +137,33 @@ def test_bad_config_files(
 def test_config_keys_are_flag_names_and_flags_override(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("lr: 0.5\nmax-epochs: 4\nhidden_sizes: [32, 16]\noptimizer: adam\n")
-    cfg = parse_args(["--config", str(path), "--lr", "0.1"])
+    cfg = parse_run(["--config", str(path), "--lr", "0.1"])
     assert cfg.lr == 0.1  # the flag after --config wins
     assert cfg.max_epochs == 4
-    assert cfg.hidden_sizes == [32, 16]
+    assert cfg.hidden_sizes == (32, 16)
     assert cfg.optimizer == "adam"
 
 
 def test_defaults_are_the_classic_recipe() -> None:
-    cfg = parse_args([])
+    cfg = parse_run([])
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.batch_size, cfg.max_epochs) == ("sgd", 0.01, 0.9, 64, 10)
-    assert cfg.hidden_sizes == [128, 64]
+    assert cfg.hidden_sizes == (128, 64)
     assert cfg.dropout == 0.0
     assert cfg.devices == "auto"
 
 
 def test_devices_forms(tmp_path: Path) -> None:
-    assert parse_devices(parse_args(["--devices", "2"]).devices) == 2
+    assert parse_devices(parse_run(["--devices", "2"]).devices) == 2
     for text, devices in (("devices: 1\n", 1), ("devices: '0,1'\n", [0, 1]), ("devices: auto\n", "auto")):
         (config := tmp_path / "run.yaml").write_text(text)  # YAML reads 1 as a number: taken as such
-        assert parse_devices(parse_args(["--config", str(config)]).devices) == devices, text
+        assert parse_devices(parse_run(["--config", str(config)]).devices) == devices, text
     assert parse_devices("-1") == -1
     assert parse_devices("0,1") == [0, 1]
     assert parse_devices("auto") == "auto"
 
 
 def test_help_is_grouped() -> None:
-    text = get_parser().format_help()
+    text = run_parser().format_help()
     for group in ("Data:", "Model:", "Optimization:", "Trainer:", "Checkpoints and logs:"):
         assert group in text
     for flag in (
@@ -191,7 +194,7 @@ def test_saved_config_is_loadable(run_args: list[str], tmp_path: Path) -> None:
     (config,) = (tmp_path / "logs").glob("version_*/config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["seed"] == 3
-    assert parse_args(["--config", str(config)]).seed == 3
+    assert parse_run(["--config", str(config)]).seed == 3
 
 
 def test_library_modules_do_not_import_the_command_line() -> None:

@@ -342,7 +342,7 @@ def test_resume_from_a_weights_only_checkpoint_is_refused(
     trained: Path, run_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A checkpoint with the weights only (``ModelCheckpoint(save_weights_only=True)``: no optimizer state,
-    no loop progress) cannot resume: one line, exit 2 (it used to fail inside Lightning's restore)."""
+    no loop progress) cannot resume: one line, exit 2."""
     full = torch.load(trained / "last.ckpt", weights_only=True)
     weights_only = tmp_path / "weights.ckpt"
     torch.save(
@@ -485,7 +485,8 @@ def test_second_process_resuming_a_run_is_refused_until_the_first_dies(
 def test_a_new_run_holds_its_folder_while_it_trains(run_args: list[str], tmp_path: Path) -> None:
     import lightning as L
 
-    from lit_mnist.cli.train import parse_args, train
+    from lit_mnist.cli.flags import parse_run
+    from lit_mnist.run import train
 
     refused: list[str] = []
 
@@ -496,7 +497,7 @@ def test_a_new_run_holds_its_folder_while_it_trains(run_args: list[str], tmp_pat
             except RunLockedError as err:
                 refused.append(str(err))
 
-    cfg = parse_args(
+    cfg = parse_run(
         [
             *run_args,
             "--max-epochs",

@@ -17,17 +17,17 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
+from lit_mnist.build import build_trainer
 from lit_mnist.callbacks import (
-    CONFUSION_MATRIX_IN,
-    CURVES_IN,
-    DPI,
     EpochSpeed,
     ParameterHistograms,
     PredictionImages,
     TrainingCurves,
     _confusion_matrix_metric,
 )
-from lit_mnist.cli.train import build_trainer, parse_args, train_main
+from lit_mnist.cli.flags import parse_run
+from lit_mnist.cli.train import train_main
+from lit_mnist.figures import CONFUSION_MATRIX_IN, CURVES_IN, DPI
 from lit_mnist.groups import StepGroupPlan
 
 SCALARS = (
@@ -190,7 +190,8 @@ def test_resumed_run_draws_every_epoch(run_args: list[str], tmp_path: Path) -> N
 
 
 def test_fast_dev_run_has_no_monitoring(run_args: list[str]) -> None:
-    trainer = build_trainer(parse_args([*run_args, "--fast-dev-run"]), None, StepGroupPlan(1, 1))
+    cfg = parse_run([*run_args, "--fast-dev-run"])
+    trainer = build_trainer(cfg, Path(cfg.log_dir) / "version_0", None, StepGroupPlan(1, 1))
     monitoring = (EpochSpeed, PredictionImages, TrainingCurves, ParameterHistograms)
     assert not [cb for cb in trainer.callbacks if isinstance(cb, monitoring)]  # type: ignore[attr-defined]
 

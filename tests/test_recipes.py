@@ -1,4 +1,4 @@
-"""Issue 16: named recipes, augmentation on the device, EMA and SWA, --compile, the learning-rate finder.
+"""Named recipes, augmentation on the device, EMA and SWA, --compile, the learning-rate finder.
 
 The fast tests run on the tiny IDX dataset; the recipes' accuracies are asserted on the real MNIST
 (``slow``). Times are measured by ``scripts/benchmark.py --time-to-accuracy``, never here.
@@ -6,6 +6,7 @@ The fast tests run on the tiny IDX dataset; the recipes' accuracies are asserted
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,9 +19,12 @@ import torch
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
 from lit_mnist.augment import RandomAffine
-from lit_mnist.cli.train import parse_args, train_main
+from lit_mnist.cli.flags import parse_run
+from lit_mnist.cli.train import train_main
+from lit_mnist.config import RunConfig
 from lit_mnist.loader import InMemoryBatchLoader
 from lit_mnist.recipes import RECIPES, recipe_path
+from lit_mnist.run import train
 from lit_mnist.stopping import GracefulInterrupt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +41,7 @@ def _train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Complet
 # --------------------------------------------------------------------------- recipes
 def test_recipe_list_prints_the_four_recipes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        parse_args(["--recipe", "list"])
+        parse_run(["--recipe", "list"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for name in ("classic", "mlp-best", "cnn-fast", "cnn-best"):
@@ -47,7 +51,7 @@ def test_recipe_list_prints_the_four_recipes(capsys: pytest.CaptureFixture[str])
 
 def test_an_unknown_recipe_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        parse_args(["--recipe", "fastest"])
+        parse_run(["--recipe", "fastest"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
@@ -76,27 +80,25 @@ def test_targets_as_numbers_agree_with_their_text_and_give_the_benchmarks_verdic
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_is_a_valid_config_and_records_its_name(name: str) -> None:
-    cfg = parse_args(["--recipe", name])
+    cfg = parse_run(["--recipe", name])
     assert cfg.recipe == name
     # the same values as --config on the packaged file
-    plain = parse_args(["--config", str(recipe_path(name))])
-    assert {k: v for k, v in cfg.items() if k not in ("recipe", "config")} == {
-        k: v for k, v in plain.items() if k not in ("recipe", "config")
-    }
+    plain = parse_run(["--config", str(recipe_path(name))])
+    assert dataclasses.replace(cfg, recipe=None) == plain
 
 
 def test_a_recipe_named_in_a_config_file_is_read_before_the_file(tmp_path: Path) -> None:
     config = tmp_path / "mine.yaml"
     config.write_text("recipe: cnn-fast\nmax_epochs: 3\n")
-    cfg = parse_args(["--config", str(config)])
+    cfg = parse_run(["--config", str(config)])
     assert (cfg.recipe, cfg.model, cfg.batch_size, cfg.max_epochs) == ("cnn-fast", "cnn", 256, 3)
 
 
 def test_flags_after_a_recipe_override_it_and_flags_before_do_not() -> None:
-    assert parse_args(["--recipe", "cnn-fast"]).max_epochs == 1
-    assert parse_args(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
-    assert parse_args(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 1
-    mlp = parse_args(["--recipe", "mlp-best"])
+    assert parse_run(["--recipe", "cnn-fast"]).max_epochs == 1
+    assert parse_run(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
+    assert parse_run(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 1
+    mlp = parse_run(["--recipe", "mlp-best"])
     assert mlp.model == "mlp" and mlp.augment_degrees > 0 and mlp.max_epochs <= 20
 
 
@@ -288,7 +290,7 @@ def test_bad_averaging_and_finder_flags_are_one_line(
     flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        parse_args(flags)  # the datamodule's constructor checks --augment-*, when parse_args builds it
+        train_main(flags)
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -306,15 +308,13 @@ def test_lr_auto_trains_with_the_finders_rate_and_saves_its_plot(run_args: list[
 
 
 def test_batch_size_finder_doubles_up_to_its_limit(tiny_data: Path) -> None:
-    """Lightning's Tuner.scale_batch_size on the run's datamodule and model (the CPU here, where the CLI
-    refuses --batch-size auto; on a GPU the limit is its memory): 2, 4, ... up to max_val."""
-    from lit_mnist.cli.train import find_batch_size
+    """Lightning's Tuner.scale_batch_size on the run's datamodule and model (the CPU here, where a run
+    refuses batch_size auto; on a GPU the limit is its memory): 2, 4, ... up to max_val."""
+    from lit_mnist.finders import find_batch_size
 
-    cfg = parse_args(
-        ["--data-dir", str(tiny_data), "--val-size", "100", "--accelerator", "cpu", "--batch-size", "32"]
-    )
+    cfg = parse_run(["--data-dir", str(tiny_data), "--val-size", "100", "--accelerator", "cpu", "--batch-size", "32"])
     assert find_batch_size(cfg, max_val=64) == 64
-    assert cfg.batch_size == 32  # the run's own flags are left as they were
+    assert cfg.batch_size == 32  # the config is frozen: the finder returns its value
     # past the training split (500 images) Lightning stops doubling and returns the size it reached
     assert find_batch_size(cfg) == 512
 
@@ -322,23 +322,23 @@ def test_batch_size_finder_doubles_up_to_its_limit(tiny_data: Path) -> None:
 def test_batch_size_auto_trains_with_the_size_found_and_records_it(
     run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """train() with --batch-size auto (the CLI refuses it on the CPU before train(); the cap is lowered to 16 so
-    the search is short): the size is printed, trained with, recorded in config.yaml, and the resume line says it."""
-    import lit_mnist.cli.train as cli
+    """train() with batch_size auto (refused on the CPU by the machine check, which is skipped here; the cap
+    is lowered to 16 so the search is short): the size is printed, trained with, recorded in config.yaml and
+    in the result's config, and the resume line says it."""
+    from lit_mnist.cli.train import print_summary
 
-    monkeypatch.setattr(cli, "BATCH_SIZE_AUTO_MAX", 16)
-    cfg = parse_args([*run_args, "--max-epochs", "1", "--batch-size", "32"])  # parsed with a number ...
-    cfg.batch_size = "auto"  # ... then set as the CLI would pass it on a GPU
-    asked = cli.searched(cfg)
-    results = cli.train(cfg)
-    assert cfg.batch_size == 16
+    monkeypatch.setattr("lit_mnist.finders.BATCH_SIZE_AUTO_MAX", 16)
+    monkeypatch.setattr("lit_mnist.run.check_machine", lambda cfg: None)
+    asked = dataclasses.replace(parse_run([*run_args, "--max-epochs", "1"]), batch_size="auto")
+    result = train(asked)
+    assert asked.batch_size == "auto" and result.config.batch_size == 16
     out = capsys.readouterr().out
     assert "Batch-size finder: --batch-size 16, used" in out
     run = tmp_path / "logs" / "version_0"
     assert "batch_size: 16" in (run / "config.yaml").read_text().splitlines()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["datamodule_hyper_parameters"]["batch_size"] == 16
-    cli.print_summary(results, cfg, asked)
+    print_summary(result, asked)
     assert "then --batch-size 16 (what the finders gave; a resume does not search)" in capsys.readouterr().out
 
 
@@ -349,7 +349,7 @@ def test_batch_size_auto_on_several_gpus_is_one_line(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(SystemExit) as exit_:
-        parse_args(["--batch-size", "auto", "--accelerator", "gpu", "--devices", "2"])
+        train_main(["--batch-size", "auto", "--accelerator", "gpu", "--devices", "2"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -358,42 +358,24 @@ def test_batch_size_auto_on_several_gpus_is_one_line(
 
 
 def test_resume_commands_replace_the_finders_flags_with_their_values(tmp_path: Path) -> None:
-    from lit_mnist.cli.train import _resolved, get_parser, searched
+    from lit_mnist.cli.train import finder_values
 
-    cfg = parse_args(["--lr", "0.0123", "--batch-size", "512"])
-    asked = frozenset({"lr", "batch_size", "lr_find"})
-    args = ["--lr-find", "--lr", "auto", "--batch-size=auto", "--max-epochs", "3"]
-    assert _resolved(args, asked, cfg) == [
-        "--lr",
-        "auto",
-        "--batch-size=auto",
-        "--max-epochs",
-        "3",
-        "--batch-size",
-        "512",
-        "--lr",
-        "0.0123",
-        "--no-lr-find",
-    ]  # fmt: skip  (the later flags win)
-    assert _resolved(["--lr", "0.1", "--max-epochs", "3"], searched(cfg), cfg) == [
-        "--lr",
-        "0.1",
-        "--max-epochs",
-        "3",
-    ]
-    # a resume command built so parses, and check_config takes it with --ckpt-path
-    assert parse_args([*_resolved(args, asked, cfg), "--ckpt-path", "last"]).batch_size == 512
+    asked = RunConfig(lr="auto", batch_size="auto", lr_find=True)
+    used = dataclasses.replace(asked, lr=0.0123, batch_size=512)  # what train() ran with
+    assert finder_values(asked, used) == ["--batch-size", "512", "--lr", "0.0123", "--no-lr-find"]
+    assert finder_values(RunConfig(lr=0.1), RunConfig(lr=0.1)) == []
+    # a resume command built so parses, and the config takes it with --ckpt-path (the later flags win)
+    args = ["--lr", "auto", "--batch-size=auto", "--max-epochs", "3"]
+    resumed = parse_run([*args, *finder_values(asked, used), "--ckpt-path", "last"])
+    assert (resumed.lr, resumed.batch_size, resumed.lr_find, resumed.max_epochs) == (0.0123, 512, False, 3)
 
     # the finders asked for in a config file: what a run's `--config` asks is what the resume overrides
     config = tmp_path / "finders.yaml"
     config.write_text("lr: auto\nbatch_size: auto\nlr_find: true\nmax_epochs: 3\n")
-    from_file = get_parser().parse_args(["--config", str(config)])  # unchecked: check_config needs a GPU here
-    asked = searched(from_file)  # taken before train(), which puts the values found in place of auto
-    assert asked == frozenset({"lr", "batch_size", "lr_find"})
-    from_file.lr, from_file.batch_size = 0.0123, 512  # as train() leaves them
-    resume = [*_resolved(["--config", str(config)], asked, from_file), "--ckpt-path", "last"]
-    assert resume[:2] == ["--config", str(config)]
-    resumed = parse_args(resume)
+    from_file = parse_run(["--config", str(config)])  # the machine check (a GPU for auto) comes with train()
+    assert (from_file.lr, from_file.batch_size, from_file.lr_find) == ("auto", "auto", True)
+    used = dataclasses.replace(from_file, lr=0.0123, batch_size=512)
+    resumed = parse_run(["--config", str(config), *finder_values(from_file, used), "--ckpt-path", "last"])
     assert (resumed.lr, resumed.batch_size, resumed.lr_find) == (0.0123, 512, False)
 
 

@@ -16,7 +16,9 @@ import torch
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
 from lit_mnist.cli.evaluate import main as evaluate_main
-from lit_mnist.cli.train import parse_args, train_main
+from lit_mnist.cli.flags import parse_run
+from lit_mnist.cli.train import train_main
+from lit_mnist.run import train
 from lit_mnist.stopping import GracefulInterrupt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,18 +303,7 @@ def test_step_checkpoints(run_args: list[str], tmp_path: Path) -> None:
             if path.exists():
                 seen.append(torch.load(path, weights_only=True)["global_step"])
 
-    from lit_mnist.cli import train as cli
-
-    build = cli.build_trainer
-
-    def with_spy(cfg, version, plan):  # type: ignore[no-untyped-def]
-        trainer = build(cfg, version, plan)
-        trainer.callbacks.append(Spy())  # type: ignore[attr-defined]
-        return trainer
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "build_trainer", with_spy)
-        assert train_main([*run_args, "--max-epochs", "1", "--ckpt-every-n-steps", "5"]) == 0
+    train(parse_run([*run_args, "--max-epochs", "1", "--ckpt-every-n-steps", "5"]), callbacks=[Spy()])
     assert {5, 10, 15} <= set(seen)
 
 
@@ -365,7 +356,7 @@ def test_stopping_flags_are_checked(
     flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
-        parse_args([flag, value])
+        train_main([flag, value])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -14,7 +14,8 @@ import yaml
 from torchvision import datasets
 
 from lit_mnist import MNISTClassifier, MNISTDataModule
-from lit_mnist.cli.train import reserve_version, train_main
+from lit_mnist.cli.train import train_main
+from lit_mnist.runs import reserve_version
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,163 @@
+"""The flags of a run, derived from :class:`~lit_mnist.config.RunConfig`: one ``--name`` per field.
+
+Each field gives its flag the type (jsonargparse checks it, a ``Literal`` lists the choices), the
+default, the ``--help`` group and line; booleans take ``--name`` / ``--no-name``, tuples one or more
+values. ``--config FILE.yaml`` takes the fields' names as keys (dashes or underscores), and flags
+after it override it; ``--recipe NAME`` reads ``lit_mnist/recipes/NAME.yaml`` the same way.
+``train`` and ``sweep`` share the parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from argparse import ArgumentError
+from collections.abc import Sequence
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+
+from lit_mnist.cli.common import one_line, usage_exit
+from lit_mnist.config import GROUPS, RunConfig
+from lit_mnist.errors import ConfigError, UsageError
+from lit_mnist.recipes import RECIPES, recipe_path, recipes_table
+
+_HINTS = typing.get_type_hints(RunConfig)
+FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def flag(name: str) -> str:
+    """A field's command-line spelling: ``max_epochs`` -> ``--max-epochs``."""
+    return "--" + name.replace("_", "-")
+
+
+def run_parser(
+    prog: str = "train.py", description: str = "Train an MNIST-family classifier with PyTorch Lightning."
+) -> ArgumentParser:
+    """The parser of a run's flags, grouped for ``--help`` as :data:`~lit_mnist.config.GROUPS`."""
+    parser = ArgumentParser(
+        prog=prog,
+        description=description,
+        exit_on_error=False,
+        default_env=False,
+        print_config="--print-config",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="A YAML file whose keys are these flags' names."
+    )
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for f in dataclasses.fields(RunConfig):
+        hint, text = _HINTS[f.name], f.metadata["help"]
+        group = groups[f.metadata["group"]]
+        if f.name == "recipe":
+            text = (
+                f"A named recipe ({', '.join(RECIPES)}), read like --config from lit_mnist/recipes/NAME.yaml where "
+                "it stands (flags after it override it); list prints them with what each reached."
+            )
+        if hint is bool:
+            group.add_argument(
+                flag(f.name), action=ActionYesNo(no_prefix="no-"), default=f.default, help=text
+            )
+        elif typing.get_origin(hint) is tuple:
+            default: tuple[Any, ...] = f.default  # type: ignore[assignment]
+            group.add_argument(
+                flag(f.name), type=typing.get_args(hint)[0], nargs="+", default=list(default), help=text
+            )
+        elif f.name == "fast_dev_run":
+            group.add_argument(flag(f.name), type=hint, nargs="?", const=1, default=f.default, help=text)
+        else:
+            group.add_argument(flag(f.name), type=hint, default=f.default, help=text)
+    return parser
+
+
+def config_from(namespace: Namespace) -> RunConfig:
+    """The :class:`RunConfig` of a parsed namespace (its extra keys, such as ``config``, left out).
+
+    Raises:
+        ConfigError: a value the config refuses.
+    """
+    return RunConfig(**{name: namespace[name] for name in FIELDS if name in namespace})
+
+
+def parse_run(
+    argv: Sequence[str] | None = None, prog: str = "train.py", parser: ArgumentParser | None = None
+) -> RunConfig:
+    """Parse and check ``argv`` into a config; on a usage error print one line and exit with status 2."""
+    namespace = parse_namespace(argv, prog, parser)
+    try:
+        return config_from(namespace)
+    except ConfigError as err:
+        usage_exit(prog, f"{err.flag} {err.message}")
+
+
+def parse_namespace(argv: Sequence[str] | None, prog: str, parser: ArgumentParser | None = None) -> Namespace:
+    """``argv`` parsed by :func:`run_parser` (or ``parser``), recipes read, nulls refused; usage errors exit 2."""
+    parser = parser or run_parser(prog)
+    args, recipe = expand_recipe(list(sys.argv[1:] if argv is None else argv), prog)
+    try:
+        namespace = parser.parse_args(args)
+        if (
+            namespace.recipe is not None and recipe is None
+        ):  # `recipe: NAME` in a --config file: read it first
+            args, recipe = expand_recipe(["--recipe", str(namespace.recipe), *args], prog)
+            namespace = parser.parse_args(args)
+        check_not_null(namespace, parser)
+    except UnicodeDecodeError as err:  # a binary file given as --config
+        usage_exit(
+            prog, f"--config must be a YAML text file; it holds bytes that are not UTF-8 text ({err.reason})"
+        )
+    except ArgumentError as err:
+        usage_exit(prog, one_line(str(err), argv))
+    except UsageError as err:
+        usage_exit(prog, str(err))
+    return namespace
+
+
+def expand_recipe(args: list[str], prog: str) -> tuple[list[str], str | None]:
+    """``--recipe NAME`` -> ``--config <lit_mnist/recipes/NAME.yaml>`` in place; ``--recipe list`` prints them.
+
+    Returns:
+        The arguments to parse and the recipe's name (the last one given), or None.
+    """
+    expanded, recipe = [], None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not (arg == "--recipe" or arg.startswith("--recipe=")):
+            expanded.append(arg)
+            i += 1
+            continue
+        if arg == "--recipe":
+            if i + 1 >= len(args):
+                usage_exit(prog, f"--recipe needs a name: {', '.join(RECIPES)}, or list")
+            name, i = args[i + 1], i + 2
+        else:
+            name, i = arg.split("=", 1)[1], i + 1
+        if name == "list":
+            print(recipes_table())
+            raise SystemExit(0)
+        try:
+            path = recipe_path(name)
+        except KeyError:
+            usage_exit(
+                prog, f"--recipe {name!r} is not a recipe; choose one of {', '.join(RECIPES)} (--recipe list)"
+            )
+        expanded += ["--config", str(path), f"--recipe={name}"]
+        recipe = name
+    return expanded, recipe
+
+
+def check_not_null(namespace: Namespace, parser: ArgumentParser) -> None:
+    """Refuse ``null`` for a flag that has a value by default: a config file's ``lr: null``.
+
+    Raises:
+        UsageError: naming the flag.
+    """
+    for key, default in parser.get_defaults().items():
+        value: Any = namespace.get(key, default)
+        if default is not None and key != "config" and value is None:
+            raise UsageError(
+                f"{flag(key)} cannot be null (a config file's '{key}: null'); "
+                f"give a value, e.g. {default!r}, or leave the key out for the default"
+            )
