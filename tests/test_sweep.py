@@ -27,8 +27,9 @@ import yaml
 optuna = pytest.importorskip("optuna", reason='the sweep extra is not installed: pip install -e ".[sweep]"')
 
 from lit_mnist.cli import main as lit_mnist_main  # noqa: E402
-from lit_mnist.cli.sweep import ATTR_SPACE, sweep_main  # noqa: E402
+from lit_mnist.cli.sweep import sweep_main  # noqa: E402
 from lit_mnist.cli.train import train_main  # noqa: E402
+from lit_mnist.sweeps.study import ATTR_SPACE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sweep.yaml"
@@ -84,7 +85,8 @@ def finish(process: subprocess.Popen[bytes], log: Path, timeout: float = 400) ->
 def test_sweep_end_to_end_table_best_config_plots(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The issue's command on tiny data: trials are runs, a table, a best config that --config repeats, PNGs.
+    """``lit-mnist sweep --space examples/sweep.yaml`` on tiny data: trials are runs, a table, a best
+    config that --config repeats, PNGs.
 
     val/loss, not the default val/acc: on the tiny dataset most trials reach a val/acc of 1, and the
     importance plot needs trials that differ.

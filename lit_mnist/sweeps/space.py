@@ -12,24 +12,30 @@ fixed:                       # flags every trial takes (the command line overrid
 
 Each hyperparameter becomes one Optuna ``suggest_*`` call. A choice that Optuna cannot store as it is
 (a list such as ``[128, 64]``) is stored as its JSON text and turned back into the value for the run.
-Nothing here knows the flags: :func:`load_space` takes the names it accepts.
+Nothing here knows the flags: :func:`load_space` takes the names it accepts, and :func:`check_space`
+the function that turns a trial's values into its :class:`~lit_mnist.config.RunConfig`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from lit_mnist.errors import UsageError
+from lit_mnist.config import RunConfig
+from lit_mnist.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     import optuna
+
+#: A trial's config from its sampled values (the fixed flags and the defaults filled in); raises
+#: UsageError or ConfigError for values the run refuses.
+Configure = Callable[[Mapping[str, Any]], RunConfig]
 
 #: The top-level keys of a space file.
 SPACE_KEYS = ("space", "fixed")
@@ -247,3 +253,34 @@ def number(value: Any, key: str) -> int | float:
     if not math.isfinite(value):
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     return value
+
+
+def describe(err: BaseException) -> str:
+    """One line naming the flag, for the errors that a trial's config refuses its values with."""
+    if isinstance(err, ConfigError):
+        return f"{err.flag} {err.message}"
+    return " ".join(str(err).split())
+
+
+def check_space(space: Space, configure: Configure) -> None:
+    """The fixed flags, and each bound and choice of the space with them, are runs that train.py accepts.
+
+    Each value is checked with the others at their defaults, so that an error names its cause.
+
+    Raises:
+        UsageError: one line naming the hyperparameter or flag and the value refused.
+    """
+    try:
+        configure({})
+    except (UsageError, ConfigError) as err:
+        raise UsageError(
+            f"{describe(err)} (a fixed flag: --space {space.path} or the command line)"
+        ) from None
+    for param in space.params:
+        for value in param.corners():
+            try:
+                configure({param.name: value})
+            except (UsageError, ConfigError) as err:
+                raise UsageError(
+                    f"--space {space.path}: {param.name} {value!r} is refused: {describe(err)}"
+                ) from None
