@@ -16,8 +16,8 @@ and the same recipe (MLP 784-128-64-10 with ReLU, cross-entropy, SGD lr 0.01 mom
   (d) as (c) at batch 2048 (groups of 1: 27 steps per epoch have no common divisor with 10), against the
       compute floor of that epoch (below);
   (e) as (c) with validation (5,000 images) every epoch;
-  (f) the run ``scripts/train.py`` builds from its default flags (``lit_mnist.cli.train.build_trainer``,
-      step groups as it plans them):
+  (f) the run ``scripts/train.py`` builds from its default flags (``lit_mnist.build.build_trainer`` of the
+      default ``RunConfig``, step groups as it plans them):
       TensorBoard logger, LR monitor, speed scalars, prediction/misclassified/confusion-matrix images,
       the curves, the NaN guard, signal handling, best and last checkpoints (in a temporary folder)
       -- against (e), what monitoring, logging and checkpointing cost a run;
@@ -58,11 +58,11 @@ How it times:
   rule of thumb "backward = 2 x forward" would give 655,104). Bias, ReLU, loss and optimizer work
   is elementwise and not counted. A square ``mm`` rate (1024, or 4096 on a GPU) is reported for context.
 * floor3f: the same with the rule of thumb, 3 x forward = 655,104 FLOPs per sample -- the convention
-  of issue 3's own figure (~39 GFLOP forward+backward per epoch of 60,000 images).
+  of the usual estimate (~39 GFLOP forward+backward per epoch of 60,000 images).
 
-Ratios and their targets: c/b <= 1.30 (seconds; issue 13, the fast path on Lightning's public API),
-a/c >= 6 (seconds), d/floor and d/floor3f <= 1.5 (seconds), peak RSS c/b <= 1.2 (issue 3); f/e <= 1.1
-(seconds; issue 5: monitoring must not slow training noticeably). Shown without a target: c1/b (plain
+Ratios and their targets: c/b <= 1.30 (seconds; the fast path on Lightning's public API), a/c >= 6
+(seconds), d/floor and d/floor3f <= 1.5 (seconds), peak RSS c/b <= 1.2; f/e <= 1.1 (seconds: monitoring
+must not slow training noticeably). Shown without a target: c1/b (plain
 Lightning against plain PyTorch), d/g (Lightning at batch 2048 against plain PyTorch) and g/floor
 (plain PyTorch against the floor).
 
@@ -71,6 +71,10 @@ Usage::
     python scripts/benchmark.py --data-dir /path/holding/MNIST --json bench.json
     python scripts/benchmark.py --data-dir /path/holding/MNIST --rounds 2 --repeats 5   # more pairs
     python scripts/benchmark.py --cases b,c --repeats 5 --threads 1
+    git worktree add /tmp/base HEAD   # start-up: this tree against another checkout
+    python scripts/benchmark.py --start-up --against /tmp/base --data-dir /path/holding/MNIST --repeats 5
+
+Other modes (``--time-to-accuracy``, ``--start-up``, ``--augment``, ``--channels-last``): see ``--help``.
 
 ``--limit-batches N`` caps the batches of every epoch (smoke tests only: the numbers then mean little).
 Bad flags or a data folder without ``MNIST/raw`` end with one line and exit status 2; a failed case
@@ -91,10 +95,11 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from multiprocessing import get_context
 from typing import Any
 
-# The same data as lit_mnist.data.MNISTDataModule (case (c) checks these against it): the light
+# The same data as lit_mnist.mnist.MNISTDataModule (case (c) checks these against it): the light
 # processes (a) and (b) must not import lit_mnist, whose package imports Lightning.
 DATA_DIR_ENV = "LIT_MNIST_DATA_DIR"
 MEAN, STD = 0.1307, 0.3081
@@ -191,7 +196,8 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="FLAGS",
         help="With --time-to-accuracy: train.py flags put after --recipe NAME, for train.py and the plain loop "
         "(one string, split as a shell would: --train-flags '--seed 1 --max-epochs 5'). Not --data-dir, "
-        "--log-dir, --recipe or --config: the benchmark sets those.",
+        "--log-dir, --recipe or --config: the benchmark sets those. With --start-up --against: flags added "
+        "to the 1-epoch run.",
     )
     parser.add_argument(
         "--with-compile",
@@ -202,9 +208,19 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--start-up",
         action="store_true",
-        help="Instead of epochs: time scripts/train.py's start-up and exit, fresh processes that import it and "
-        "exit, with lit_mnist.startup (the garbage collector off for the imports, frozen before the exit) "
-        "and without, alternating; --repeats pairs (medians).",
+        help="Instead of epochs: time scripts/train.py's start-up and exit, fresh processes that import what a run "
+        "imports and exit, with lit_mnist.startup (the garbage collector off for the imports, frozen before the "
+        "exit) and without, alternating; --repeats pairs (medians).",
+    )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=None,
+        metavar="TREE",
+        help="With --start-up: also time whole processes of scripts/train.py --help and of a 1-epoch run "
+        "(--max-epochs 1 --no-progress-bar, the data of --data-dir, then --train-flags), of this tree and of TREE "
+        "(another checkout, e.g. git worktree add /tmp/base HEAD; run with PYTHONPATH=TREE; the flag may be "
+        "repeated), in turn; --repeats rounds (medians, and the median of each round's TREE / this tree).",
     )
     parser.add_argument(
         "--augment",
@@ -343,27 +359,42 @@ def augment_speed(repeats: int, device: str) -> int:
     return 0
 
 
-#: What a process of --start-up runs: train.py's imports, as scripts/train.py does them or plainly.
+#: What a process of --start-up runs: what a train.py run imports (the command, then the library it calls),
+#: as scripts/train.py does it or plainly.
 _START_UP = {
     "with lit_mnist.startup": (
         "import time; t = time.perf_counter()\n"
         "from lit_mnist.startup import exit_code, quiet_gc_imports\n"
         "with quiet_gc_imports():\n"
         "    from lit_mnist.cli.train import main\n"
+        "    import lit_mnist.run\n"
         "print(time.perf_counter() - t)\n"
         "exit_code(0)\n"
     ),
     "plain imports": (
         "import time; t = time.perf_counter()\n"
         "from lit_mnist.cli.train import main\n"
+        "import lit_mnist.run\n"
         "print(time.perf_counter() - t)\n"
     ),
 }
+#: The whole processes --start-up --against times: a name -> scripts/train.py's arguments.
+_COMMANDS = {
+    "train.py --help": ["--help"],
+    "train.py --max-epochs 1": ["--max-epochs", "1", "--no-progress-bar"],
+}
 
 
-def start_up(repeats: int, json_path: str | None) -> int:
+def start_up(
+    repeats: int,
+    json_path: str | None,
+    against: Sequence[str] = (),
+    data_dir: str = "data",
+    train_flags: tuple[str, ...] = (),
+) -> int:
     """``--start-up``: the two ways of _START_UP in turn (the order swapped every other pair), each a fresh
-    process; prints the median import time (measured inside) and whole process time (start to exit)."""
+    process; prints the median import time (measured inside) and whole process time (start to exit).
+    With ``against`` (other checkouts), then :data:`_COMMANDS` of this tree and of those (:func:`whole_commands`)."""
     import subprocess
     from pathlib import Path
 
@@ -396,9 +427,100 @@ def start_up(repeats: int, json_path: str | None) -> int:
         )
     )
     print(f"plain / with lit_mnist.startup, whole process: {ratio:.2f} (median of the pairs)")
+    report: dict[str, Any] = {"times": times, "ratio": ratio}
+    if against:
+        try:
+            report["commands"] = whole_commands(repeats, against, data_dir, train_flags)
+        except RuntimeError as err:
+            print(f"benchmark.py: error: {err}", file=sys.stderr)
+            return 1
     if json_path:
-        Path(json_path).write_text(json.dumps({"times": times, "ratio": ratio}, indent=2) + "\n")
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def whole_commands(
+    repeats: int, against: Sequence[str], data_dir: str, train_flags: tuple[str, ...]
+) -> dict[str, Any]:
+    """Each of :data:`_COMMANDS` as a whole process (start to exit), of this tree and of each ``against``
+    tree, in turn (the order reversed every other round), each tree's ``scripts/train.py`` with
+    ``PYTHONPATH`` at the tree; prints the medians of the wall time and of the CPU time (user + system,
+    of the process and what it waited for: less moved by a busy machine than the wall time) and, for
+    each other tree, the median of its rounds' ratios, that tree / this tree.
+
+    Raises:
+        RuntimeError: one line, when a tree imports another ``lit_mnist`` or a command fails.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    trees = {"this tree": root} | {str(tree): Path(tree).resolve() for tree in against}
+    labels, data = list(trees), str(Path(data_dir).resolve())
+
+    def env(tree: Path) -> dict[str, str]:
+        kept = {k: v for k, v in os.environ.items() if not k.startswith("LIT_MNIST_RUN")}
+        return kept | {"PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+
+    times: dict[str, dict[str, list[float]]] = {cmd: {label: [] for label in trees} for cmd in _COMMANDS}
+    cpu: dict[str, dict[str, list[float]]] = {cmd: {label: [] for label in trees} for cmd in _COMMANDS}
+    with tempfile.TemporaryDirectory(prefix="lit_mnist_start_up_") as tmp:
+        for label, tree in trees.items():  # each tree's scripts import that tree's lit_mnist
+            where = subprocess.run(
+                [sys.executable, "-c", "import lit_mnist; print(lit_mnist.__file__)"],
+                capture_output=True, text=True, cwd=tmp, env=env(tree), timeout=300,
+            )  # fmt: skip
+            if not where.stdout.strip().startswith(str(tree / "lit_mnist")):
+                found = where.stdout.strip() or where.stderr.strip()[-200:]
+                raise RuntimeError(f"{label}: python imports lit_mnist from {found}")
+        print(
+            f"whole processes of scripts/train.py in {', '.join(labels)} ({root}): {repeats} rounds in turn"
+        )
+        for i in range(repeats):
+            for cmd, args in _COMMANDS.items():
+                for label in labels if i % 2 == 0 else labels[::-1]:
+                    argv = [sys.executable, str(trees[label] / "scripts" / "train.py"), *args]
+                    if args != ["--help"]:  # a run: the data, and a log folder of its own
+                        logs = Path(tmp) / f"{labels.index(label)}-{i}"
+                        argv += ["--data-dir", data, "--log-dir", str(logs), *train_flags]
+                    used, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                    done = subprocess.run(
+                        argv, capture_output=True, text=True, cwd=tmp, env=env(trees[label]), timeout=1800
+                    )
+                    times[cmd][label].append(time.perf_counter() - start)
+                    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu[cmd][label].append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
+                    if done.returncode != 0:
+                        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                        raise RuntimeError(f"{cmd} of {label} exited {done.returncode}: {last}")
+    width = max(len(label) for label in labels) + 2
+    ratios: dict[str, dict[str, dict[str, float]]] = {"wall_s": {}, "cpu_s": {}}
+    for kind, seconds in (("wall_s", times), ("cpu_s", cpu)):
+        what = "wall" if kind == "wall_s" else "CPU"
+        print(f"{'medians, ' + what + ' s':26}" + "".join(f"{label:>{width}}" for label in labels))
+        for cmd, t in seconds.items():
+            ratios[kind][cmd] = {
+                label: statistics.median(b / a for a, b in zip(t["this tree"], t[label], strict=True))
+                for label in labels[1:]
+            }
+            print(f"{cmd:26}" + "".join(f"{statistics.median(t[label]):{width}.2f}" for label in labels))
+            print(
+                f"{'  / this tree':26}{'':{width}}"
+                + "".join(f"{ratios[kind][cmd][x]:{width}.2f}" for x in labels[1:])
+            )
+    print(
+        "(CPU: user + system time of the process and of what it waited for; / this tree: the median of the rounds' ratios)"
+    )
+    return {
+        "this": str(root),
+        "against": list(against),
+        "train_flags": list(train_flags),
+        "times": times,
+        "cpu_times": cpu,
+        "ratios": ratios["wall_s"],
+        "cpu_ratios": ratios["cpu_s"],
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -411,18 +533,33 @@ def main(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {' and '.join(modes)} are separate runs; give one of them", file=sys.stderr)
         return 2
     try:
-        cases = _check_args(args, needs_data=not (args.augment or args.start_up or args.channels_last))
+        cases = _check_args(
+            args, needs_data=not (args.augment or (args.start_up and not args.against) or args.channels_last)
+        )
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     for flag, given in (("--with-compile", args.with_compile), ("--train-flags", args.train_flags)):
-        if given and not args.time_to_accuracy:
+        if given and not args.time_to_accuracy and not (flag == "--train-flags" and args.against):
             print(f"{prog}: error: {flag} is for --time-to-accuracy's table; give both", file=sys.stderr)
             return 2
+    if args.against and not args.start_up:
+        print(f"{prog}: error: --against is for --start-up; give both", file=sys.stderr)
+        return 2
     if args.augment:
         return augment_speed(args.repeats, args.device)
     if args.start_up:
-        return start_up(args.repeats, args.json)
+        import shlex
+
+        try:
+            flags = tuple(shlex.split(args.train_flags))
+        except ValueError as err:
+            print(
+                f"{prog}: error: --train-flags {args.train_flags!r}: {err}; quote it as one string",
+                file=sys.stderr,
+            )
+            return 2
+        return start_up(args.repeats, args.json, args.against or (), args.data_dir, flags)
     if args.channels_last:
         return layout_speed(args.repeats, args.device)
     if args.time_to_accuracy:
@@ -503,6 +640,11 @@ def _check_args(args: argparse.Namespace, needs_data: bool = True) -> list[str]:
     for flag, value in (("--threads", args.threads), ("--limit-batches", args.limit_batches)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    for tree in getattr(args, "against", None) or ():
+        if not os.path.isfile(os.path.join(tree, "scripts", "train.py")):
+            raise ValueError(
+                f"--against {tree}: no scripts/train.py in it; give another checkout, e.g. git worktree add /tmp/base HEAD"
+            )
     raw = os.path.join(args.data_dir, "MNIST", "raw")
     missing = [name for name in RAW_FILES if needs_data and not os.path.isfile(os.path.join(raw, name))]
     if missing:
@@ -974,13 +1116,13 @@ def _case_lightning(
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available", no tips
 
-    from lit_mnist.cli.train import STEPS_PER_BATCH
+    from lit_mnist.config import RunConfig
     from lit_mnist.groups import StepGroups, group_size
 
     size = 1
     if groups:
         steps, _ = _epochs({"limit_batches": None}, opts["train_size"], batch_size)
-        size = group_size(STEPS_PER_BATCH, steps, opts["limit_batches"])
+        size = group_size(RunConfig().steps_per_batch, steps, opts["limit_batches"])
     model = MNISTClassifier(steps_per_batch=size)
     datamodule = MNISTDataModule(
         opts["data_dir"],
@@ -1013,33 +1155,34 @@ def _case_lightning(
 def _case_full_run(
     opts: dict[str, Any], device: Any, batch_size: int, wait_turn: Any, after_epoch: Any = None
 ) -> tuple[list[float], int, dict]:
-    """(f): the Trainer that ``scripts/train.py`` builds (``lit_mnist.cli.train.build_trainer``) from its default
-    flags -- TensorBoard logger, monitoring callbacks (LR monitor, speed, prediction images, confusion
+    """(f): the Trainer a run of the default config builds (:func:`lit_mnist.build.build_trainer`) -- the
+    TensorBoard and CSV loggers, monitoring callbacks (LR monitor, speed, prediction images, confusion
     matrix, curves), NaN guard, signal handling, best and last checkpoints -- in a temporary log folder."""
     import logging
     import tempfile
+    from pathlib import Path
 
-    from lit_mnist.cli.train import build_data_and_model, build_trainer, parse_args
+    from lit_mnist.build import build_data_and_model, build_trainer
+    from lit_mnist.config import RunConfig
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="lit_mnist_bench_") as log_dir:
-        argv = [
-            "--data-dir", opts["data_dir"],
-            "--val-size", str(opts["val_size"]),
-            "--batch-size", str(batch_size),
-            "--accelerator", "gpu" if device.type == "cuda" else "cpu",
-            "--devices", "1",
-            "--max-epochs", str(1 + opts["repeats"]),
-            "--no-progress-bar",
-            "--no-download",
-            "--log-dir", log_dir,
-        ]  # fmt: skip
-        if opts["limit_batches"]:
-            argv += ["--limit-train-batches", str(opts["limit_batches"])]
-            argv += ["--limit-val-batches", str(opts["limit_batches"])]
-        cfg = parse_args(argv, prog="benchmark.py")
+        limit = opts["limit_batches"]
+        cfg = RunConfig(
+            data_dir=opts["data_dir"],
+            val_size=opts["val_size"],
+            batch_size=batch_size,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            max_epochs=1 + opts["repeats"],
+            progress_bar=False,
+            download=False,
+            log_dir=log_dir,
+            limit_train_batches=limit,
+            limit_val_batches=limit,
+        )
         datamodule, model, plan = build_data_and_model(cfg)
-        trainer = build_trainer(cfg, 0, plan)
+        trainer = build_trainer(cfg, Path(log_dir) / "version_0", 0, plan)
         timer = _epoch_timer(device, wait_turn, after_epoch)
         callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at init
         callbacks.append(timer)  # after the checkpoints: the epoch's saves are inside the clock

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 16): on one CUDA GPU, in about 5 minutes, run what the CPU machines cannot:
+# GPU check: on one CUDA GPU, run what the CPU machines cannot:
 #   1. train.py --accelerator gpu, one epoch, in 32-true, 16-mixed and bf16-mixed;
 #   2. the classic recipe's 10 epochs (training time from EpochSpeed's per-epoch seconds) and
 #      cnn-fast on the GPU, each as a whole process (wall time) with its test accuracy;

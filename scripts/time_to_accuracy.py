@@ -22,16 +22,23 @@ flags the plain loop follows too, so that both run the same recipe).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shlex
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lit_mnist.config import RunConfig  # plain Python: no torch, no Lightning
+from lit_mnist.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = (
@@ -52,14 +59,16 @@ def _idx(path: Path) -> Any:
     return torch.frombuffer(bytearray(data[4 + 4 * dims :]), dtype=torch.uint8).reshape(shape)
 
 
-def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
-    """The recipe ``cfg`` (train.py's resolved flags) as a plain PyTorch loop; returns test accuracy and times."""
+def plain_main(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
+    """The recipe ``cfg`` (train.py's resolved config) as a plain PyTorch loop; returns test accuracy and times."""
     import torch
     from torch import nn
 
     from lit_mnist.augment import RandomAffine  # plain PyTorch: `import lit_mnist` pulls in no Lightning
     from lit_mnist.networks import CNN, MLP
 
+    if isinstance(cfg.lr, str) or isinstance(cfg.batch_size, str):
+        raise ValueError("the plain loop has no finder: give --lr and --batch-size as numbers")
     start = time.perf_counter()
     raw = Path(data_dir) / "MNIST" / "raw"
     train_x, train_y = _idx(raw / RAW[0]), _idx(raw / RAW[1]).long()
@@ -68,55 +77,56 @@ def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
     perm = torch.randperm(
         len(train_y), generator=torch.Generator().manual_seed(42)
     )  # MNISTDataModule's split
-    keep = perm[cfg["val_size"] or 5_000 :]  # None: MNISTDataModule's default, 5,000 held out
+    # images held out for validation, as MNISTDataModule counts them (None: its default)
+    held = 5_000 if cfg.val_size is None else cfg.val_size
+    held = held if isinstance(held, int) else max(1, round(len(train_y) * held))
+    keep = perm[held:]
     x = train_x[keep].unsqueeze(1).float().div_(255).sub_(mean).div_(std)
     y = train_y[keep]
     tx = test_x.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
-    torch.manual_seed(cfg["seed"])
-    if cfg["model"] == "cnn":
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "cnn":
         net: nn.Module = CNN(
             num_classes=10,
-            dropout=cfg["dropout"],
-            channels=cfg["cnn_channels"],
-            hidden_size=cfg["cnn_hidden_size"],
-            kernel_sizes=cfg["cnn_kernel_sizes"],
-            padding=cfg["cnn_padding"],
+            dropout=cfg.dropout,
+            channels=cfg.cnn_channels,
+            hidden_size=cfg.cnn_hidden_size,
+            kernel_sizes=cfg.cnn_kernel_sizes,
+            padding=cfg.cnn_padding,
         )
-        if cfg["channels_last"]:  # as MNISTClassifier does
+        if cfg.channels_last:  # as MNISTClassifier does
             net.to(memory_format=torch.channels_last)
     else:
-        net = MLP(hidden_sizes=cfg["hidden_sizes"], num_classes=10, dropout=cfg["dropout"])
-    params, lr, wd = net.parameters(), cfg["lr"], cfg["weight_decay"]
+        net = MLP(hidden_sizes=cfg.hidden_sizes, num_classes=10, dropout=cfg.dropout)
+    params, lr, wd = net.parameters(), cfg.lr, cfg.weight_decay
     optimizer: torch.optim.Optimizer
-    if cfg["optimizer"] == "sgd":
+    if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd
+            params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd
         )
-    elif cfg["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
-    elif cfg["optimizer"] == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=wd)
+    elif cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=wd)
     else:
-        optimizer = torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
-    bs, epochs, n = cfg["batch_size"], cfg["max_epochs"], len(y)
+        optimizer = torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    bs, epochs, n = cfg.batch_size, cfg.max_epochs, len(y)
     steps = (n + bs - 1) // bs
     scheduler: Any = None
-    if cfg["scheduler"] == "onecycle":
+    if cfg.scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=steps * epochs, cycle_momentum=cfg["cycle_momentum"]
+            optimizer, max_lr=lr, total_steps=steps * epochs, cycle_momentum=cfg.cycle_momentum
         )
-    elif cfg["scheduler"] == "cosine":
+    elif cfg.scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * epochs)
-    elif cfg["scheduler"] == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
-    augment = RandomAffine(
-        cfg["augment_degrees"], cfg["augment_translate"], cfg["augment_scale"], fill=-mean / std
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    elif cfg.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    augment = RandomAffine(cfg.augment_degrees, cfg.augment_translate, cfg.augment_scale, fill=-mean / std)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ready = time.perf_counter()
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         uniforms = torch.rand(n, augment.draws, generator=torch.Generator().manual_seed(epoch + 7))
         for lo in range(0, n, bs):
             idx = order[lo : lo + bs]
@@ -127,9 +137,9 @@ def plain_main(cfg: dict[str, Any], data_dir: str) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None and cfg["scheduler"] != "step":
+            if scheduler is not None and cfg.scheduler != "step":
                 scheduler.step()
-        if scheduler is not None and cfg["scheduler"] == "step":
+        if scheduler is not None and cfg.scheduler == "step":
             scheduler.step()
     trained = time.perf_counter()
     net.eval()
@@ -179,19 +189,55 @@ def classic_main(data_dir: str, epochs: int = 10) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the parent
-#: train.py's settings the plain loop of --time-to-accuracy follows (plain_main reads these)
+#: The settings of a run the plain loop of --time-to-accuracy follows (the attributes plain_main reads)
 PLAIN_LOOP_KEYS = frozenset(
     ("seed", "val_size", "batch_size", "max_epochs", "model", "hidden_sizes", "dropout", "cnn_channels",
      "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size", "channels_last", "optimizer", "lr", "momentum",
      "nesterov", "betas", "weight_decay", "scheduler", "cycle_momentum", "step_size", "gamma",
      "label_smoothing", "augment_degrees", "augment_translate", "augment_scale")
 )  # fmt: skip
-#: train.py's settings that change how its run is shown or grouped, not what it trains
+#: The settings that change how a run is shown or grouped, not what it trains
 NOT_TRAINING_KEYS = frozenset(("progress_bar", "log_every_n_steps", "steps_per_batch"))
+#: The settings the benchmark gives train.py itself
+BENCHMARK_KEYS = frozenset(("data_dir", "log_dir", "recipe"))
+
+
+def recipe_config(name: str, flags: Sequence[str] = ()) -> RunConfig:
+    """The config train.py runs for ``--recipe NAME`` followed by ``flags`` (a usage error exits, as in train.py)."""
+    from lit_mnist.cli.flags import parse_run
+
+    return parse_run(["--recipe", name, *flags], "train.py")
+
+
+def _train_flags_config(name: str, flags: Sequence[str], text: str) -> RunConfig:
+    """:func:`recipe_config`, its usage errors as a ``ValueError`` of one line; no second ``--config`` file."""
+    from lit_mnist.cli.flags import config_from, parse_namespace
+    from lit_mnist.recipes import RECIPES, recipe_path
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            namespace = parse_namespace(["--recipe", name, *flags], "train.py")
+            config = config_from(namespace)
+    except ConfigError as err:
+        raise ValueError(f"--train-flags {text!r} with --recipe {name}: {err.flag} {err.message}") from None
+    except SystemExit as exit_:
+        if not exit_.code:
+            raise ValueError(
+                f"--train-flags {text!r}: it ends train.py before training (--help, --print-config, "
+                "--recipe list); leave that out"
+            ) from None
+        lines = said.getvalue().strip().splitlines() or ["refused"]
+        message = lines[-1].removeprefix("train.py: error: ")
+        raise ValueError(f"--train-flags {text!r} with --recipe {name}: {message}") from None
+    recipe_files = {str(recipe_path(recipe)) for recipe in RECIPES}  # --recipe NAME reads one of these
+    if any(str(path) not in recipe_files for path in namespace.get("config") or ()):
+        raise ValueError("--train-flags: --config is set by the benchmark itself; leave it out")
+    return config
 
 
 def check_train_flags(text: str, recipes: list[str]) -> tuple[str, ...]:
-    """``--train-flags``' string split as a shell would, parsed by train.py's parser for every recipe.
+    """``--train-flags``' string split as a shell would, checked against every recipe's config.
 
     Only settings both the train.py run and the plain loop follow may change (``PLAIN_LOOP_KEYS``,
     ``NOT_TRAINING_KEYS``, and the CPU: the plain loop runs on one), so the two rows stay the same recipe.
@@ -199,57 +245,33 @@ def check_train_flags(text: str, recipes: list[str]) -> tuple[str, ...]:
     Raises:
         ValueError: with one line naming the flag and what to do.
     """
-    import contextlib
-    import io
-    import shlex
+    from lit_mnist.cli.flags import flag
 
     try:
         flags = tuple(shlex.split(text))
     except ValueError as err:
         raise ValueError(f"--train-flags {text!r}: {err}; quote it as one string") from None
-    from lit_mnist.cli.train import parse_args  # the parent only
-
-    def parsed(args: list[str]) -> dict[str, Any]:
-        said = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-                cfg = parse_args(args)
-        except SystemExit as exit_:
-            if not exit_.code:
-                raise ValueError(
-                    f"--train-flags {text!r}: it ends train.py before training (--help, --print-config, "
-                    "--recipe list); leave that out"
-                ) from None
-            lines = said.getvalue().strip().splitlines() or ["refused"]
-            raise ValueError(
-                f"--train-flags {text!r} with --recipe {args[1]}: {lines[-1].removeprefix('train.py: error: ')}"
-            ) from None
-        return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
-
     for name in recipes:
-        recipe, given = parsed(["--recipe", name]), parsed(["--recipe", name, *flags])
-        for key in (k for k in given if given[k] != recipe.get(k)):
-            flag = "--" + key.replace("_", "-")
-            if key in ("data_dir", "log_dir", "recipe", "config"):
+        recipe, given = recipe_config(name), _train_flags_config(name, flags, text)
+        for key, value in given.flag_changes(recipe).items():
+            if key in BENCHMARK_KEYS:
                 raise ValueError(
-                    f"--train-flags: {flag} is set by the benchmark itself; leave it out "
+                    f"--train-flags: {flag(key)} is set by the benchmark itself; leave it out "
                     "(give the data folder as the benchmark's --data-dir)"
                 )
             if key == "compile":
                 raise ValueError(
                     "--train-flags: --compile: use the benchmark's --with-compile (a row of its own)"
                 )
-            if given[key] == "auto" and key in ("lr", "batch_size"):
+            if value == "auto" and key in ("lr", "batch_size"):
                 raise ValueError(
-                    f"--train-flags: {flag} auto: the plain loop has no finder; give a number (the one "
+                    f"--train-flags: {flag(key)} auto: the plain loop has no finder; give a number (the one "
                     "train.py --lr-find prints)"
                 )
-            on_cpu = (key == "accelerator" and given[key] == "cpu") or (
-                key == "devices" and str(given[key]) == "1"
-            )
+            on_cpu = (key == "accelerator" and value == "cpu") or (key == "devices" and str(value) == "1")
             if key not in PLAIN_LOOP_KEYS | NOT_TRAINING_KEYS and not on_cpu:
                 raise ValueError(
-                    f"--train-flags: {flag} changes what the plain loop cannot follow, so the two rows would "
+                    f"--train-flags: {flag(key)} changes what the plain loop cannot follow, so the two rows would "
                     "not run the same recipe; give only the network, optimizer, schedule, augmentation, batch "
                     "size, epochs, seed or --val-size (and --accelerator cpu --devices 1)"
                 )
@@ -309,7 +331,6 @@ def run(
     against its target (``Recipe.verdict``); a missed target is reported, not an error: times on a shared
     machine move with its load.
     """
-    from lit_mnist.cli.train import parse_args  # the parent only: the children are timed
     from lit_mnist.recipes import RECIPES
 
     here = str(Path(__file__).resolve())
@@ -337,12 +358,8 @@ def run(
             )
         return wall, json.loads((logs / "version_0" / "results.json").read_text())
 
-    cfgs = {}  # each recipe's resolved flags, as the plain loop reads them
-    for name in recipes:
-        parsed = vars(parse_args(["--recipe", name, *train_flags]))
-        cfgs[name] = json.loads(
-            json.dumps({k: v for k, v in parsed.items() if not k.startswith("_")}, default=str)
-        )
+    # what train.py and the plain loop run
+    cfgs = {name: recipe_config(name, train_flags) for name in recipes}
     with tempfile.TemporaryDirectory(prefix="lit_mnist_tta_") as tmp:
         for repeat in range(repeats):
             print(f"repeat {repeat + 1} of {repeats}: classic loop", file=sys.stderr, flush=True)
@@ -365,7 +382,9 @@ def run(
                     if seconds is not None:
                         compile_s.setdefault(name, []).append(seconds)
                 wall, payload = _child(
-                    [sys.executable, here, "--plain", json.dumps(cfgs[name]), data_dir], tmp, timeout
+                    [sys.executable, here, "--plain", json.dumps(cfgs[name].to_dict()), data_dir],
+                    tmp,
+                    timeout,
                 )
                 add(f"{name}: plain PyTorch loop", wall, payload)
     table = {
@@ -389,7 +408,7 @@ def run(
         ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]
         print(f"{name}: lit_mnist / plain wall time {ours['wall_s'] / plain['wall_s']:.2f}")
         recipe = RECIPES[name]
-        met = recipe.verdict(ours["test_acc"], ours["wall_s"], int(cfgs[name]["max_epochs"]))
+        met = recipe.verdict(ours["test_acc"], ours["wall_s"], cfgs[name].max_epochs)
         targets[name] = {
             "target": recipe.target,
             "min_test_acc": recipe.min_test_acc,
@@ -432,7 +451,7 @@ if __name__ == "__main__":
 
         with quiet_gc_imports():
             import torch  # imported here as train.py imports it, under quiet_gc_imports
-        print(json.dumps(plain_main(json.loads(sys.argv[2]), sys.argv[3])))
+        print(json.dumps(plain_main(RunConfig.from_dict(json.loads(sys.argv[2])), sys.argv[3])))
         exit_code(0)
     elif sys.argv[1:2] == ["--classic"]:
         print(json.dumps(classic_main(sys.argv[2])))

@@ -245,20 +245,38 @@ def test_time_to_accuracy_runs_each_recipe_three_ways_and_checks_its_target(
 
 
 def test_the_plain_loop_reads_only_the_settings_train_flags_may_change() -> None:
-    """--train-flags lets through the settings in PLAIN_LOOP_KEYS: they must be all plain_main reads."""
+    """--train-flags lets through the settings in PLAIN_LOOP_KEYS: they must be all plain_main reads
+    of its RunConfig, and every key named there a setting of a run."""
+    import dataclasses
     import inspect
+
+    from lit_mnist.config import RunConfig
 
     sys.path.insert(0, str(SCRIPT.parent))
     import time_to_accuracy
 
-    read = set(re.findall(r'cfg\["(\w+)"\]', inspect.getsource(time_to_accuracy.plain_main)))
+    read = set(re.findall(r"\bcfg\.(\w+)", inspect.getsource(time_to_accuracy.plain_main)))
     assert read and read <= time_to_accuracy.PLAIN_LOOP_KEYS, read - time_to_accuracy.PLAIN_LOOP_KEYS
+    named = (
+        time_to_accuracy.PLAIN_LOOP_KEYS
+        | time_to_accuracy.NOT_TRAINING_KEYS
+        | time_to_accuracy.BENCHMARK_KEYS
+    )
+    assert named <= {f.name for f in dataclasses.fields(RunConfig)}
 
 
-def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path) -> None:
-    """--start-up: train.py's imports with lit_mnist.startup and without, one pair; both rows, the ratio, the JSON."""
+def test_start_up_times_both_ways_of_importing_in_fresh_processes(tiny_data: Path, tmp_path: Path) -> None:
+    """--start-up: train.py's imports with lit_mnist.startup and without, one pair; both rows, the ratio, the JSON;
+    with --against, whole processes of train.py --help and of a 1-epoch run, of this tree and of another
+    checkout (here the same one), in turn."""
     out = tmp_path / "start.json"
-    proc = run_benchmark("--start-up", "--repeats", "1", "--json", str(out), timeout=300)
+    root = SCRIPT.parents[1]
+    flags = "--val-size 100 --batch-size 32 --accelerator cpu --devices 1"
+    proc = run_benchmark(
+        "--start-up", "--repeats", "1", "--json", str(out),
+        "--against", str(root), "--data-dir", str(tiny_data), "--train-flags", flags,
+        timeout=600,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "start-up of scripts/train.py: 1 pairs, medians" in proc.stdout
     rows = {line.split("  ")[0]: line.split()[-3:] for line in proc.stdout.splitlines() if "  " in line}
@@ -272,8 +290,30 @@ def test_start_up_times_both_ways_of_importing_in_fresh_processes(tmp_path: Path
     times = report["times"]
     pair = times["plain imports"]["process"][0] / times["with lit_mnist.startup"]["process"][0]
     assert report["ratio"] == pytest.approx(pair)  # one pair: its ratio is the median
+    commands = report["commands"]
+    assert commands["against"] == [str(root)] and commands["train_flags"] == flags.split()
+    assert set(commands["times"]) == {"train.py --help", "train.py --max-epochs 1"}
+    lines = proc.stdout.splitlines()
+    for name, times in commands["times"].items():
+        assert set(times) == {"this tree", str(root)}, name
+        this, other = times["this tree"][0], times[str(root)][0]
+        assert this > 0 and other > 0, name
+        assert commands["ratios"][name] == {str(root): pytest.approx(other / this)}  # one round: its ratio
+        row = lines.index(next(line for line in lines if line.startswith(name)))  # the wall times first
+        assert lines[row].split()[-2:] == [f"{this:.2f}", f"{other:.2f}"], lines[row]
+        assert lines[row + 1].split() == ["/", "this", "tree", f"{other / this:.2f}"], lines[row + 1]
+        cpu_this, cpu_other = (commands["cpu_times"][name][tree][0] for tree in ("this tree", str(root)))
+        assert cpu_this > 0 and cpu_other > 0, name
+        assert commands["cpu_ratios"][name] == {str(root): pytest.approx(cpu_other / cpu_this)}
     bad = run_benchmark("--start-up", "--repeats", "0", timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "benchmark.py: error: --repeats must be >= 1, got 0"
+    for args, expected in (
+        (["--start-up", "--against", str(tmp_path)], f"--against {tmp_path}: no scripts/train.py in it"),
+        (["--against", str(root), "--data-dir", str(tiny_data)], "--against is for --start-up; give both"),
+    ):
+        bad = run_benchmark(*args, timeout=60)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, (args, bad.stderr)
+        assert expected in bad.stderr, (args, bad.stderr)
 
 
 def test_channels_last_times_both_layouts_of_both_cnns() -> None:

@@ -58,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The installed ``lit-mnist`` console command: :func:`main` in a process of its own, with the start-up
-    and exit of :mod:`lit_mnist.startup` (this package's ``__init__`` imports nothing heavy, so torch and
-    Lightning are first imported here, with the garbage collector off)."""
+    and exit of :mod:`lit_mnist.startup`: the command's module is imported with the garbage collector off
+    (this package's ``__init__`` imports nothing heavy; a command that imports torch and Lightning only once
+    its flags are parsed does so under :func:`~lit_mnist.startup.quiet_gc_first_imports`)."""
     args = sys.argv[1:]
     if args and args[0] in COMMANDS:
         with quiet_gc_imports():

@@ -2,29 +2,29 @@
 
 A usage error is printed as ``prog: error: message`` on one line that names the flag and what it
 accepts; jsonargparse's own (often multi-line) messages are rewritten by :func:`one_line`.
+
+Importing this module imports neither torch nor Lightning: ``train.py --help`` and a usage error found
+while parsing end before them. The checkpoint helpers import what they need when called.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import sys
-import typing
 from argparse import ArgumentError
-from collections import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import docstring_parser
-from jsonargparse import ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ArgumentParser, Namespace
 
-from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint, load_checkpoint
-from lit_mnist.datasets import DATASETS
+from lit_mnist.config import Dataset
 from lit_mnist.errors import CheckpointError, UsageError
-from lit_mnist.inference import DatasetInfo, check_fits, dataset_info, resolve_dataset
-from lit_mnist.runtime import check_accelerator
+
+if TYPE_CHECKING:
+    from lit_mnist.checkpoints import LoadedCheckpoint
+    from lit_mnist.inference import DatasetInfo
 
 
 def usage_exit(prog: str, message: str) -> NoReturn:
@@ -100,39 +100,6 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
     return " ".join(message.split())
 
 
-def constructor_flags(
-    group: Any,
-    cls: type,
-    names: Sequence[str],
-    defaults: Mapping[str, Any] | None = None,
-    helps: Mapping[str, str] | None = None,
-    types: Mapping[str, Any] | None = None,
-) -> None:
-    """Add a ``--name`` flag for each of ``cls.__init__``'s arguments ``names``.
-
-    One source for each hyperparameter: the signature gives the flag its type, default and choices
-    (a ``Literal``), the class docstring's ``Args:`` its help, and the constructor checks its range.
-    ``defaults`` and ``helps`` override them where the command line means something else than the
-    library (e.g. ``--steps-per-batch``, whose default the command line raises); ``types`` widen a
-    flag's type where the command line accepts more (``--lr auto``).
-    """
-    hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    docs = {p.arg_name: p.description or "" for p in docstring_parser.parse(cls.__doc__ or "").params}
-    for name in names:
-        annotation = (types or {}).get(name, hints[name])
-        default = (defaults or {}).get(name, params[name].default)
-        text = (helps or {}).get(name) or " ".join(docs.get(name, "").replace("``", "").split())
-        flag = "--" + name.replace("_", "-")
-        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-        if annotation is bool:
-            group.add_argument(flag, action=ActionYesNo(no_prefix="no-"), default=default, help=text)
-        elif origin in (list, tuple, abc.Sequence):
-            group.add_argument(flag, type=args[0], nargs="+", default=list(default), help=text)
-        else:  # int, float, str | None, Literal[...] (jsonargparse lists a Literal's choices)
-            group.add_argument(flag, type=annotation, default=default, help=text)
-
-
 def parse_or_exit(
     parser: ArgumentParser, argv: Sequence[str] | None, prog: str, positionals: Sequence[str] = ()
 ) -> Namespace:
@@ -147,11 +114,13 @@ def parse_or_exit(
 # --------------------------------------------------------------------------- a checkpoint argument
 def checkpoint_parser(prog: str, description: str) -> ArgumentParser:
     """A parser with the flags of every command that uses a trained model: ``--ckpt-path``, ``--dataset``."""
+    from lit_mnist.checkpoints import CONFIG_NAME
+
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
     parser.add_argument("--ckpt-path", type=str, required=True, help="A .ckpt file written by training.")
     parser.add_argument(
         "--dataset",
-        type=Literal[tuple(DATASETS)] | None,
+        type=Dataset | None,
         default=None,
         help=f"Dataset of the checkpoint (default: the run's {CONFIG_NAME}, else mnist).",
     )
@@ -165,6 +134,10 @@ def load_or_exit(cfg: Namespace, prog: str) -> tuple[LoadedCheckpoint, DatasetIn
     A missing GPU, an unreadable checkpoint or a dataset that does not fit the model ends the
     process with one line and status 2.
     """
+    from lit_mnist.checkpoints import load_checkpoint
+    from lit_mnist.inference import check_fits, dataset_info, resolve_dataset
+    from lit_mnist.runtime import check_accelerator
+
     try:
         check_accelerator(getattr(cfg, "accelerator", "cpu"))
         ckpt = load_checkpoint(cfg.ckpt_path)

@@ -15,9 +15,9 @@ from jsonargparse import ArgumentParser
 
 from lit_mnist.checkpoints import CONFIG_NAME
 from lit_mnist.cli.common import check_output, checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
-from lit_mnist.data import MNISTDataModule
 from lit_mnist.errors import DataError, UsageError
 from lit_mnist.inference import build_datamodule, evaluate, format_evaluation, run_precision
+from lit_mnist.mnist import MNISTDataModule
 from lit_mnist.runtime import ACCELERATORS, PRECISIONS, first_line, write_atomic
 
 
