@@ -3,7 +3,8 @@
 Convention: a worked example is a fenced ```python block in README.md whose first line is
 ``# example: NAME`` (NAME: letters, digits, ``-`` and ``_``; unique in the README). It is user code, run
 as it is written: it takes its data from ``$LIT_MNIST_DATA_DIR`` (``MNISTDataModule()`` with no
-``data_dir``) or another setting the project reads, never from a path the test rewrites.
+``data_dir``) or another setting the project reads, or from ``../shared/data`` as the two commands do (the test
+then runs it in a folder whose ``../shared/data`` holds the tiny dataset), never from a path the test rewrites.
 
 ``readme_example(NAME)`` returns the block's code; ``run_example(NAME, data_dir, workdir)`` runs it in
 this process (``exec`` in a fresh namespace named ``__main__``), in ``workdir`` (where Lightning writes

@@ -1,4 +1,4 @@
-"""The README's worked examples of issue 14, run as they stand: each code block is found by the
+"""The README's data examples (an image folder, numpy arrays), run as they stand: each code block is found by the
 ``<!-- example: NAME -->`` marker on the line before it and executed verbatim on small data."""
 
 from __future__ import annotations
