@@ -386,7 +386,11 @@ def predict_files(
 
 
 def write_predictions(predictions: Sequence[Prediction], output: Path | None) -> None:
-    """Write the classified files as CSV (stdout or ``.csv``) or JSON (``.json``); errors are left out."""
+    """Write the classified files as CSV (stdout or ``.csv``) or JSON (``.json``); errors are left out.
+
+    Both name each file's class (``class_name``) with its index beside it (``label``): a folder dataset's
+    index is the position of its class folder in sorted order, not the folder's name.
+    """
     done = [p for p in predictions if p.error is None]
     if output is not None and output.suffix.lower() == ".json":
         records = [
@@ -396,9 +400,10 @@ def write_predictions(predictions: Sequence[Prediction], output: Path | None) ->
         return
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", "probability"])
+    # label: the class's index, as in the JSON
+    writer.writerow(["file", "class_name", "label", "probability"])
     for p in done:
-        writer.writerow([p.file, p.label, f"{p.probability:.4f}"])
+        writer.writerow([p.file, p.class_name, p.label, f"{p.probability:.4f}"])
     if output is None:
         sys.stdout.write(buffer.getvalue())
     else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -42,11 +41,11 @@ from lit_mnist.errors import (
 from lit_mnist.plan import check_machine
 from lit_mnist.runs import (
     RESULTS_NAME,
-    RUN_VERSION_ENV,
     find_last_checkpoint,
     global_rank,
     lock_run_folder,
     run_version,
+    share_version,
 )
 from lit_mnist.runtime import first_line, remove_stale_partials, write_atomic
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint
@@ -143,9 +142,7 @@ def _run(
     version = reserved if reserved is not None else run_version(cfg.log_dir, ckpt_path)
     run_dir = Path(cfg.log_dir) / f"version_{version}"
     lock = lock_run_folder(run_dir if version is not None else None)
-    owns_env = RUN_VERSION_ENV not in os.environ and version is not None
-    if owns_env:
-        os.environ[RUN_VERSION_ENV] = str(version)  # DDP's re-launched processes read it
+    unshare = share_version(version)  # DDP's re-launched processes read it
     trainer, finished = None, False
     try:
         trainer = _trainer(cfg, run_dir, version, plan)
@@ -170,8 +167,7 @@ def _run(
             from lit_mnist.loggers import finish_runs
 
             finish_runs(trainer.loggers, finished)  # a W&B run stays open in the process until finished
-        if owns_env:
-            os.environ.pop(RUN_VERSION_ENV, None)
+        unshare()
         if lock is not None:
             lock.release()
 

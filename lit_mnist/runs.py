@@ -2,13 +2,14 @@
 
 A run's folder holds everything it writes (checkpoints, ``config.yaml``, ``results.json``, the
 loggers' files). Rank 0 names it; DDP's re-launched processes read its number from
-:data:`RUN_VERSION_ENV`, which the launching process sets.
+:data:`RUN_VERSION_ENV`, which rank 0 sets for them (:func:`share_version`) and never reads itself.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -24,10 +25,12 @@ __all__ = [
     "lock_run_folder",
     "reserve_version",
     "run_version",
+    "share_version",
     "versions",
 ]
 
-#: Set by the launching process so that DDP's re-launched processes log into the same run folder.
+#: Set by a run's rank 0 for the processes DDP's launcher re-launches, so that they log into its run
+#: folder; read by those ranks only.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 RESULTS_NAME = "results.json"
 
@@ -81,9 +84,13 @@ def reserve_version(log_dir: str | Path) -> int:
 
 
 def run_version(log_dir: str, ckpt_path: Path | None) -> int | None:
-    """The version folder of this run: the resumed run's own, a new one, or (other ranks) none."""
-    if (inherited := os.environ.get(RUN_VERSION_ENV)) is not None:
-        return int(inherited)
+    """The version folder of this run: the resumed run's own, a new one, or (other ranks) rank 0's or none.
+
+    Rank 0 never reads :data:`RUN_VERSION_ENV`: a value left in a user's environment must not send a
+    new run into a finished run's folder.
+    """
+    if global_rank() != 0 and (inherited := _inherited_version()) is not None:
+        return inherited
     if ckpt_path is not None and ckpt_path.parent.name == "checkpoints":
         run = ckpt_path.parent.parent
         if (m := re.fullmatch(r"version_(\d+)", run.name)) and run.parent.resolve() == Path(
@@ -93,6 +100,38 @@ def run_version(log_dir: str, ckpt_path: Path | None) -> int | None:
     if global_rank() != 0:
         return None  # torchrun / SLURM ranks > 0: rank 0 names the folder and writes everything
     return reserve_version(log_dir)
+
+
+def _inherited_version() -> int | None:
+    """The run folder number rank 0 set in :data:`RUN_VERSION_ENV` for this re-launched process, if any."""
+    if (value := os.environ.get(RUN_VERSION_ENV)) is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", value):
+        raise UsageError(
+            f"${RUN_VERSION_ENV}={value!r} is not a run folder number (a non-negative integer); "
+            "lit_mnist sets it for DDP's processes: unset it"
+        )
+    return int(value)
+
+
+def share_version(version: int | None) -> Callable[[], None]:
+    """Rank 0: set :data:`RUN_VERSION_ENV` to its run folder's number for DDP's re-launched processes.
+
+    Returns what puts the previous value back (or removes the variable) when the run ends. Other
+    ranks change nothing.
+    """
+    if version is None or global_rank() != 0:
+        return lambda: None
+    previous = os.environ.get(RUN_VERSION_ENV)
+    os.environ[RUN_VERSION_ENV] = str(version)
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(RUN_VERSION_ENV, None)
+        else:
+            os.environ[RUN_VERSION_ENV] = previous
+
+    return restore
 
 
 def lock_run_folder(run_dir: Path | None) -> RunLock | None:

@@ -3,6 +3,8 @@ its checkpoints evaluated, used for predict and exported with the folder's class
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -16,8 +18,10 @@ import torch
 from PIL import Image
 
 from lit_mnist.cli import evaluate, export, predict
+from lit_mnist.config import RunConfig
 from lit_mnist.errors import DataError
 from lit_mnist.folder import ImageFolderDataModule
+from lit_mnist.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("circle", "cross", "stripes")
@@ -150,6 +154,37 @@ def test_folder_trains_from_train_py_then_evaluate_predict_export(
     meta = json.loads(exported.with_name("model.pt2.json").read_text())
     assert meta["class_names"] == list(CLASSES) and meta["mean"] == record["mean"]
     assert meta["input_shape"] == [3, 12, 12]
+
+
+def test_predict_csv_names_the_class_beside_its_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class folders named 1, 2, 3 have the indices 0, 1, 2: the CSV says both, as the JSON does."""
+    root = write_folder(tmp_path / "pics")
+    for number, kind in enumerate(CLASSES, start=1):
+        (root / kind).rename(root / str(number))
+    config = RunConfig(
+        dataset="folder", data_dir=str(root), image_size=12, color="rgb", batch_size=8, max_epochs=6, lr=0.05,
+        accelerator="cpu", devices=1, progress_bar=False, log_every_n_steps=1, log_dir=str(tmp_path / "logs"),
+        logger=("csv",),
+    )  # fmt: skip
+    ckpt = str(train(config).best_checkpoint)
+    probe = tmp_path / "cross.png"
+    _picture("cross", np.random.default_rng(7)).save(probe)
+    files = [str(probe), str(root / "1" / "000.png")]
+    capsys.readouterr()
+    assert predict.main(["--ckpt-path", ckpt, "--accelerator", "cpu", *files]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["file"], row["class_name"], row["label"]) for row in rows] == [
+        (files[0], "2", "1"),  # a cross, the second class folder
+        (files[1], "1", "0"),
+    ]
+    out = tmp_path / "p.json"
+    assert predict.main(["--ckpt-path", ckpt, "--accelerator", "cpu", "--output", str(out), *files]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["file"], r["class_name"], str(r["label"])) for r in records] == [
+        (row["file"], row["class_name"], row["label"]) for row in rows
+    ]
 
 
 def test_folder_flags_belong_to_the_folder_dataset(

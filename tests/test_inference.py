@@ -162,7 +162,9 @@ def test_predict_classifies_image_files(
     assert list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text()))) == rows
     assert predict_main(["--ckpt-path", str(trained.ckpt), *paths, "--output", str(tmp_path / "p.json")]) == 0
     records = json.loads((tmp_path / "p.json").read_text())
-    assert [(r["file"], str(r["label"])) for r in records] == [(row["file"], row["label"]) for row in rows]
+    assert [(r["file"], r["class_name"], str(r["label"])) for r in records] == [
+        (row["file"], row["class_name"], row["label"]) for row in rows
+    ]
     assert all(len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4 for r in records)
 
 
@@ -412,7 +414,7 @@ def test_lit_mnist_dispatches_the_commands(
     assert f"Test accuracy: {trained.results['test_acc']:.2%}" in capsys.readouterr().out
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
     assert main(["predict", "--ckpt-path", str(trained.ckpt), str(tmp_path / "x.png")]) == 0
-    assert capsys.readouterr().out.startswith("file,label,probability\n")
+    assert capsys.readouterr().out.startswith("file,class_name,label,probability\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--ckpt-path", str(tmp_path / "none.ckpt")])
     assert exit_info.value.code == 2

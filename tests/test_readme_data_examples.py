@@ -48,7 +48,7 @@ def test_image_folder_example_runs(tmp_path: Path) -> None:
     results = json.loads((run / "results.json").read_text())
     assert results["test_acc"] >= 0.8
     assert "Test accuracy:" in result.stdout and "cat" in result.stdout  # evaluate's report, by class name
-    assert re.search(r"pictures/cat/001\.png,0,", result.stdout)  # predict: class 0 is cat
+    assert re.search(r"pictures/cat/001\.png,cat,0,", result.stdout)  # predict: cat, class 0
     meta = json.loads((run / "checkpoints" / "last.pt2.json").read_text())
     assert meta["class_names"] == sorted(["cat", *CLASSES[1:]]) and meta["input_shape"] == [3, 32, 32]
 

@@ -1,6 +1,8 @@
 """End-to-end training through the CLI: the run folder, resume, reproducibility, the summary."""
 
+import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +15,12 @@ import torch
 import yaml
 from torchvision import datasets
 
-from lit_mnist import MNISTClassifier, MNISTDataModule
+from lit_mnist import MNISTClassifier, MNISTDataModule, runs
 from lit_mnist.cli.train import train_main
-from lit_mnist.runs import reserve_version
+from lit_mnist.config import RunConfig
+from lit_mnist.errors import UsageError
+from lit_mnist.run import train
+from lit_mnist.runs import RUN_VERSION_ENV, reserve_version, run_version, share_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +112,47 @@ def test_concurrent_runs_get_distinct_folders(tmp_path: Path) -> None:
     with ThreadPoolExecutor(8) as pool:
         versions = list(pool.map(lambda _: reserve_version(tmp_path), range(16)))
     assert sorted(versions) == list(range(16))
+
+
+def test_a_leftover_run_version_variable_does_not_send_a_run_into_a_finished_one(
+    run_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = tmp_path / "logs" / "version_0"
+    (finished / "checkpoints").mkdir(parents=True)
+    kept = {
+        name: f"the finished run's {name}\n"
+        for name in ("results.json", "config.yaml", "checkpoints/last.ckpt")
+    }
+    for name, text in kept.items():
+        (finished / name).write_text(text)
+    monkeypatch.setenv(RUN_VERSION_ENV, "0")
+    shared: list[str | None] = []
+
+    class SeeWhatChildrenRead(L.Callback):
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            shared.append(os.environ.get(RUN_VERSION_ENV))
+
+    result = train(dataclasses.replace(run_config, max_epochs=1), callbacks=[SeeWhatChildrenRead()])
+    assert result.run_dir == str(tmp_path / "logs" / "version_1")
+    assert shared == ["1"]  # rank 0 names its own folder for DDP's re-launched processes
+    assert json.loads((tmp_path / "logs" / "version_1" / "results.json").read_text())["epochs"] == 1
+    assert {name: (finished / name).read_text() for name in kept} == kept
+    assert os.environ[RUN_VERSION_ENV] == "0"  # as before the run
+
+
+def test_run_version_variable_is_read_by_the_other_ranks_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RUN_VERSION_ENV, "abc")
+    assert run_version(str(tmp_path), None) == 0  # rank 0 reserves its own folder
+    monkeypatch.setattr(runs, "global_rank", lambda: 1)
+    with pytest.raises(UsageError, match=f"^\\${RUN_VERSION_ENV}='abc' is not a run folder number") as info:
+        run_version(str(tmp_path), None)
+    assert "\n" not in str(info.value)
+    monkeypatch.setenv(RUN_VERSION_ENV, "3")
+    assert run_version(str(tmp_path), None) == 3  # the folder rank 0 named for DDP's re-launched processes
+    share_version(7)
+    assert os.environ[RUN_VERSION_ENV] == "3"  # other ranks set nothing
 
 
 def test_missing_data_offline_is_one_clear_error(
