@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -106,7 +106,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     :class:`~lit_mnist.errors.CheckpointWriteError` (one line, naming the file) is raised: Lightning's
     ``ModelCheckpoint`` then never records the checkpoint as best or last. A process killed mid-save
     leaves a hidden ``.partial`` file that the next run in the folder removes
-    (:func:`lit_mnist.runtime.remove_stale_partials`).
+    (:func:`lit_mnist.runtime.remove_stale_partials`). torch reports a failed write (a full disk) as a
+    ``RuntimeError`` of its archive writer; it is handled as the ``OSError`` it is (:func:`_torch_save`).
 
     Paths with a protocol (``s3://``, ...) go to Lightning's writer unchanged.
     """
@@ -120,9 +121,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_durable(target, lambda f: torch.save(checkpoint, f), check=_check_archive)
+            write_durable(target, lambda f: _torch_save(checkpoint, f), check=_check_archive)
         except OSError as err:
             raise CheckpointWriteError(target, first_line(err)) from None
+
+
+#: What torch's archive writer says when writing the file failed (``[enforce fail at inline_container.cc:672]
+#: . unexpected pos 768 vs 662``, ``PytorchStreamWriter failed writing file data/0``).
+_TORCH_WRITE_FAILED = re.compile(r"inline_container|unexpected pos|PytorchStreamWriter failed")
+
+
+def _torch_save(checkpoint: dict[str, Any], f: IO[bytes]) -> None:
+    """``torch.save(checkpoint, f)``, raising ``OSError`` when writing ``f`` fails.
+
+    When ``f.write`` raises (``ENOSPC``), torch's archive writer goes on to close the archive, fails
+    there too, and raises a ``RuntimeError`` with the ``OSError`` as its context: that ``OSError`` is
+    raised instead (an ``EIO`` one with torch's first line when there is none). Other errors (an object
+    that cannot be pickled) pass unchanged.
+    """
+    try:
+        torch.save(checkpoint, f)
+    except RuntimeError as err:
+        if (failed := _write_failure(err)) is None:
+            raise
+        raise failed from None
+
+
+def _write_failure(err: RuntimeError) -> OSError | None:
+    """The ``OSError`` behind torch's ``RuntimeError`` (its cause or context); when there is none and torch's
+    message says a write failed, an ``EIO`` one; else ``None``."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if _TORCH_WRITE_FAILED.search(str(err)):
+        return OSError(errno.EIO, f"torch could not write the file ({first_line(err)})")
+    return None
 
 
 def _check_archive(path: Path) -> None:

@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -80,30 +81,60 @@ def test_malicious_checkpoint_never_runs_its_payload(
     assert not marker.exists()
 
 
-def _disk_full_after_half(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every torch.save from now on writes half of the checkpoint, then the disk is full."""
+class _FillingFile:
+    """A file that takes ``room`` bytes, then fails each write as a full disk does."""
+
+    def __init__(self, f: Any, room: int) -> None:
+        self.f, self.room, self.written = f, room, 0
+
+    def write(self, data: bytes) -> int:
+        if self.written + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.written += len(data)
+        return int(self.f.write(data))
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _disk_full_after_half(monkeypatch: pytest.MonkeyPatch, fails: str = "save") -> None:
+    """Every torch.save from now on writes half of the checkpoint, then the disk is full.
+
+    ``fails="save"``: torch.save raises the OSError itself. ``fails="file"``: the file's write raises it
+    inside torch's own archive writer, which then raises its ``RuntimeError`` (``[enforce fail at
+    inline_container.cc] ... unexpected pos``), as torch.save does on a real full disk.
+    """
     real_save = torch.save
 
     def disk_full(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)
+        if fails == "file":
+            real_save(obj, _FillingFile(f, buffer.tell() // 2), *args, **kwargs)
+            raise AssertionError("torch.save wrote a whole checkpoint into half of it")
         f.write(buffer.getvalue()[: buffer.tell() // 2])  # half of it reaches the disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
 
 
+@pytest.mark.parametrize("fails", ["save", "file"])
 def test_failing_save_keeps_the_previous_checkpoint(
-    run_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fails: str,
+    run_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The disk fills up in the middle of writing epoch 2's checkpoint: the message names that file,
     the files written before are byte for byte as they were, no partial file is left beside them, and
-    the run resumes from its last.ckpt once there is room again."""
+    the run resumes from its last.ckpt once there is room again. torch's own RuntimeError for the
+    failed write (``fails="file"``) gives the same one line as an OSError."""
     assert train_main(run_args) == 0
     checkpoints = next((tmp_path / "logs").glob("version_*")) / "checkpoints"
     before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
 
-    _disk_full_after_half(monkeypatch)
+    _disk_full_after_half(monkeypatch, fails)
     capsys.readouterr()
     assert train_main([*run_args, "--ckpt-path", "last", "--max-epochs", "3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -126,8 +157,9 @@ def test_failing_save_keeps_the_previous_checkpoint(
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.parametrize("fails", ["save", "file"])
 def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fails: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     io_plugin = AtomicCheckpointIO()
     target = tmp_path / "ckpts" / "last.ckpt"
@@ -136,11 +168,57 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
 
     with monkeypatch.context() as patch:
-        _disk_full_after_half(patch)
+        _disk_full_after_half(patch, fails)
         with pytest.raises(CheckpointWriteError, match=r"last\.ckpt was not written \(\[Errno 28\] No space"):
             io_plugin.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, target)
     assert target.read_bytes() == old
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no partial file beside it
+
+
+def test_atomic_checkpoint_io_on_a_real_full_disk(tmp_path: Path) -> None:
+    """A checkpoint larger than a 256 KiB tmpfs: one CheckpointWriteError naming the file and the full
+    disk, the old file as it was, no partial file. Root only (mount); skips elsewhere."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)]
+    if (
+        os.geteuid() != 0
+        or shutil.which("mount") is None
+        or subprocess.run(mount, capture_output=True).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        target = folder / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+        old = target.read_bytes()
+        with pytest.raises(CheckpointWriteError, match=r"last\.ckpt was not written \(\[Errno 28\] No space"):
+            AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}}, target)
+        assert target.read_bytes() == old
+        assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_atomic_checkpoint_io_tells_torch_write_failures_from_other_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's message for a failed write, without the OSError behind it, is a CheckpointWriteError; a
+    RuntimeError of torch.save that is not a failed write passes unchanged. No partial file either way."""
+    target = tmp_path / "last.ckpt"
+    for message, expected in [
+        ("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662", CheckpointWriteError),
+        ("cannot pickle this object", RuntimeError),
+    ]:
+
+        def failing(obj: object, f: Any, *args: Any, message: str = message, **kwargs: Any) -> None:
+            f.write(b"PK")
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(torch, "save", failing)
+        with pytest.raises(expected, match=re.escape(message)) as info:
+            AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
+        assert type(info.value) is expected
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_checkpoint_io_refuses_a_silently_truncated_file(

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +35,8 @@ from lit_mnist.sweeps.study import ATTR_SPACE  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sweep.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"
+#: The PostgreSQL URL scheme the README and --storage's help show, and the tests' server uses.
+PG_SCHEME = "postgresql+psycopg2"
 
 
 def trial_flags(data_dir: Path, log_dir: Path, max_epochs: int = 1) -> list[str]:
@@ -227,7 +230,7 @@ def postgres_server(log: Path) -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.skip(f"PostgreSQL did not start: {log.read_text(errors='replace')[-1000:]}")
                 time.sleep(0.25)
-        yield f"postgresql+psycopg2://lit@127.0.0.1:{port}/postgres"
+        yield f"{PG_SCHEME}://lit@127.0.0.1:{port}/postgres"
     finally:
         if server is not None:
             for sig in (signal.SIGINT, signal.SIGKILL):  # SIGINT: PostgreSQL's fast shutdown
@@ -400,6 +403,31 @@ def test_bad_flags_exit_2_with_one_line_and_create_nothing(
     args = ["--space", str(space), "--log-dir", str(tmp_path / "logs")]
     line = _usage_error([*args, *([] if "--trials" in extra else ["--trials", "2"]), *extra], capsys)
     assert expected in line
+    assert "secret" not in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_readme_s_postgresql_url_works_with_the_sweep_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The PostgreSQL URL the README and --storage's help show is the one the PostgreSQL test's server
+    uses, and its driver is installed: with no server at the address the sweep goes as far as
+    connecting. A bare postgresql:// (psycopg 3 to SQLAlchemy >= 2.1) is answered with that URL."""
+    with pytest.raises(SystemExit):
+        sweep_main(["--help"])
+    shown = (ROOT / "README.md").read_text() + capsys.readouterr().out
+    assert set(re.findall(r"(postgresql[+\w]*)://", shown)) == {PG_SCHEME}
+    space = write_space(tmp_path / "space.yaml", {"lr": {"low": 0.01, "high": 0.1}})
+    args = ["--space", str(space), "--trials", "2", "--log-dir", str(tmp_path / "logs")]
+    line = _usage_error([*args, "--storage", f"{PG_SCHEME}://lit:secret@127.0.0.1:1/none"], capsys)
+    assert "cannot open the database" in line and "Connection refused" in line, line
+    line = _usage_error([*args, "--storage", "postgresql://lit:secret@127.0.0.1:1/none"], capsys)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        assert f"use {PG_SCHEME}://lit:***@127.0.0.1:1/none" in line, line
+    else:  # psycopg 3 installed beside the extra: the bare URL works too
+        assert "cannot open the database" in line, line
     assert "secret" not in line
     assert not (tmp_path / "logs").exists()
 

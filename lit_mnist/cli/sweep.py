@@ -132,7 +132,7 @@ def add_study_flags(sweep: Any) -> None:
         type=str | None,
         default=None,
         help=f"Optuna storage URL (default sqlite:///LOG_DIR/{STORAGE_NAME}); e.g. "
-        "postgresql://user:password@host/db to share the study between machines.",
+        "postgresql+psycopg2://user:password@host/db to share the study between machines.",
     )
     sweep.add_argument(
         "--study", type=str | None, default=None, help="Study name (default: the --space file's name)."

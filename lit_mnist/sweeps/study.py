@@ -56,6 +56,25 @@ def shown(url: str) -> str:
         return url
 
 
+def _driver_advice(url: str) -> str:
+    """What to do when the database driver of ``url`` is not installed.
+
+    SQLAlchemy (>= 2.1) reads a bare ``postgresql://`` as psycopg 3, while the ``sweep`` extra installs
+    psycopg2: such a URL is answered with the same one naming psycopg2.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError as UrlError
+
+    try:
+        parsed = make_url(url)
+    except UrlError:
+        parsed = None
+    if parsed is not None and parsed.drivername == "postgresql":
+        psycopg2 = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=True)
+        return f"postgresql:// means psycopg 3 to SQLAlchemy, and the sweep extra installs psycopg2: use {psycopg2}"
+    return 'for PostgreSQL: pip install -e ".[sweep]" (psycopg2) and a postgresql+psycopg2:// URL'
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///PATH`` URL; None for other databases and in-memory SQLite."""
     m = re.fullmatch(r"sqlite(?:\+\w+)?:///(.+?)(\?.*)?", url)
@@ -109,8 +128,8 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
                 raise
         except ImportError as err:
             raise UsageError(
-                f"--storage {shown(url)}: its database driver is not installed ({first_line(err)}); for "
-                'PostgreSQL: pip install -e ".[sweep]" (psycopg2)'
+                f"--storage {shown(url)}: its database driver is not installed ({first_line(err)}); "
+                f"{_driver_advice(url)}"
             ) from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
             detail = first_line(getattr(err, "orig", None) or err)
