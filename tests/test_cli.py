@@ -103,6 +103,14 @@ def test_resume_last_without_a_run(capsys: pytest.CaptureFixture[str], run_args:
     assert "--ckpt-path last: no " in line and "last.ckpt to resume from" in line
 
 
+#: A 0.5 KB config whose aliases expand to 10**9 strings (a "billion laughs"): refused, not expanded.
+BILLION_LAUGHS = (
+    "x0: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"x{i}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 10)}]\n" for i in range(1, 9))
+    + "seed: *i\n"
+)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -118,6 +126,8 @@ def test_resume_last_without_a_run(capsys: pytest.CaptureFixture[str], run_args:
         ("lr: null\n", "--lr cannot be null"),
         ("log_dir: null\n", "--log-dir cannot be null"),
         ("gradient_clip_val: null\nmax_time: null\n", None),  # null is their default: accepted
+        (BILLION_LAUGHS, "YAML aliases (*a, line 2) are not accepted in a config file; write the values out"),
+        ("lr: 0.1\nmax_epochs: 2\nlr: 0.2\n", "duplicate key 'lr' (line 3); keep one"),
     ],
 )
 def test_bad_config_files(
@@ -206,6 +216,15 @@ def test_library_modules_do_not_import_the_command_line() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_config_file_with_aliases_is_refused_in_every_spelling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (path := tmp_path / "laughs.yaml").write_text(BILLION_LAUGHS)
+    for argv in (["--config", str(path)], [f"--config={path}"], ["--max-epochs", "2", "--config", str(path)]):
+        line = _usage_error(argv, capsys)
+        assert f"--config {path}: YAML aliases (*" in line, argv
 
 
 def test_a_binary_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

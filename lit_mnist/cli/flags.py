@@ -14,14 +14,17 @@ import sys
 import typing
 from argparse import ArgumentError
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
 from lit_mnist.cli.common import one_line, usage_exit
 from lit_mnist.config import GROUPS, RunConfig
 from lit_mnist.errors import ConfigError, UsageError
 from lit_mnist.recipes import RECIPES, recipe_path, recipes_table
+from lit_mnist.yamltext import YamlRefused, strict_load
 
 _HINTS = typing.get_type_hints(RunConfig)
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -96,6 +99,7 @@ def parse_namespace(argv: Sequence[str] | None, prog: str, parser: ArgumentParse
     parser = parser or run_parser(prog)
     args, recipe = expand_recipe(list(sys.argv[1:] if argv is None else argv), prog)
     try:
+        check_config_files(args)
         namespace = parser.parse_args(args)
         if (
             namespace.recipe is not None and recipe is None
@@ -112,6 +116,36 @@ def parse_namespace(argv: Sequence[str] | None, prog: str, parser: ArgumentParse
     except UsageError as err:
         usage_exit(prog, str(err))
     return namespace
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Read each ``--config FILE`` in ``args`` strictly before jsonargparse does: no aliases, no repeated keys.
+
+    An alias can expand a 1 KB file into gigabytes (a "billion laughs"); other problems (a missing file,
+    invalid YAML) are left to the parser, which reports them as before.
+
+    Raises:
+        UsageError: ``--config FILE: ...``, one line.
+        UnicodeDecodeError: a file that is not UTF-8 text.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        try:
+            text = path.read_text() if path.is_file() else value  # jsonargparse also takes inline YAML
+        except OSError:
+            continue
+        try:
+            strict_load(text)
+        except YamlRefused as err:
+            raise UsageError(f"--config {value}: {err}") from None
+        except yaml.YAMLError:
+            continue
 
 
 def expand_recipe(args: list[str], prog: str) -> tuple[list[str], str | None]:

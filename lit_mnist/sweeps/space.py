@@ -29,6 +29,7 @@ import yaml
 
 from lit_mnist.config import RunConfig
 from lit_mnist.errors import ConfigError, UsageError
+from lit_mnist.yamltext import YamlRefused, strict_load
 
 if TYPE_CHECKING:
     import optuna
@@ -43,6 +44,8 @@ SPACE_KEYS = ("space", "fixed")
 PARAM_KEYS = ("low", "high", "log", "step", "choices")
 #: What Optuna stores as a categorical choice as it is; other values are stored as their JSON text.
 PLAIN_CHOICE = (type(None), bool, int, float, str)
+#: The most points a grid search enumerates (the product of each hyperparameter's values).
+GRID_LIMIT = 10_000
 SHAPES = "{low: L, high: H} (with log: true or step: S), {choices: [...]}, or a list of choices"
 
 
@@ -85,6 +88,17 @@ class Param:
             if encode(choice) == stored:
                 return choice
         return stored
+
+    def grid_size(self) -> int | None:
+        """How many values :meth:`grid` gives, counted without listing them; None for a continuous range."""
+        if self.kind == "choice":
+            return len(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.kind == "int":
+            return len(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            return None
+        return max(0, math.floor((self.high - self.low) / self.step + 1e-9) + 1)
 
     def grid(self) -> list[Any] | None:
         """The values a grid search tries (as Optuna stores them), or None for a continuous range."""
@@ -132,15 +146,28 @@ class Space:
         return {p.name: p.spec() for p in self.params}
 
     def grid(self) -> dict[str, list[Any]]:
-        """Optuna's ``GridSampler`` search space; UsageError when a range is continuous."""
-        grid = {}
+        """Optuna's ``GridSampler`` search space; UsageError when a range is continuous or the grid too large.
+
+        The points are counted before any is listed, so a huge range is refused at once.
+        """
+        points = 1
         for param in self.params:
-            values = param.grid()
-            if values is None:
+            size = param.grid_size()
+            if size is None:
                 raise UsageError(
                     f"--sampler grid: {param.name} is a continuous range in --space {self.path}; give it a "
                     "step (e.g. {low: 0.0, high: 0.3, step: 0.1}) or a list of choices"
                 )
+            points *= size
+        if points > GRID_LIMIT:
+            raise UsageError(
+                f"--sampler grid: --space {self.path} has {points:,} grid points, more than {GRID_LIMIT:,}; "
+                "use a coarser step, fewer values, or --sampler tpe / random"
+            )
+        grid = {}
+        for param in self.params:
+            values = param.grid()
+            assert values is not None
             grid[param.name] = values
         return grid
 
@@ -167,7 +194,9 @@ def load_space(path: str, flags: Collection[str], reserved: Mapping[str, str]) -
     except OSError as err:
         raise fail(f"cannot read it ({err.strerror or err})") from None
     try:
-        data = yaml.safe_load(text)
+        data = strict_load(text)
+    except YamlRefused as err:
+        raise fail(str(err)) from None
     except yaml.YAMLError as err:
         raise fail(f"not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not data["space"]:
