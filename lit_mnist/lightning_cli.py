@@ -23,12 +23,14 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_mnist.checkpoints import read_checkpoint
 from lit_mnist.errors import CheckpointError, ConfigError, DataError
 from lit_mnist.mnist import MNISTDataModule
 from lit_mnist.module import MNISTClassifier
@@ -114,6 +116,19 @@ class LitMNISTCLI(LightningCLI):
         for source, target in (("num_classes", "num_classes"), ("image_shape", "input_shape")):
             parser.link_arguments(f"data.{source}", model + target, apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse as ``LightningCLI`` does; a ``--ckpt_path`` that is not a readable checkpoint is one usage
+        line naming the file (exit 2), checked before Lightning's own load of its hyperparameters (whose
+        refusals are tracebacks with torch's advice to set ``weights_only=False``)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():  # not "last", "best", "hpc", "registry" or a URL
+            try:
+                read_checkpoint(ckpt_path)
+            except CheckpointError as err:
+                parser.error(f"--ckpt_path {err}")
+
     def instantiate_classes(self) -> None:
         """Instantiate as ``LightningCLI`` does; a value a constructor refuses is one usage line (exit 2)."""
         try:
@@ -135,8 +150,8 @@ def main(args: Sequence[str] | None = None) -> int:
     """``python -m lit_mnist.lightning_cli``: LightningCLI over ``MNISTClassifier`` and ``MNISTDataModule``.
 
     A refused setting found once the run starts (e.g. a step-group size that does not divide the
-    epoch) is one line and exit status 2; missing or damaged data, or an unreadable checkpoint, one
-    line and exit status 1.
+    epoch), or a ``--ckpt_path`` that is not a readable checkpoint, is one line and exit status 2;
+    missing or damaged data one line and exit status 1.
     """
     prog = "lightning_cli"
     try:

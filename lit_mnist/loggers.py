@@ -271,8 +271,12 @@ def local_mlflow_uri(log_dir: str | Path) -> str:
     """The MLflow store inside the log folder: the SQLite database ``LOG_DIR/mlflow.db`` (no server needed).
 
     MLflow 3 refuses its older file store by default; its artifacts go to ``LOG_DIR/mlartifacts``.
+    Built with SQLAlchemy's quoting: a ``?``, ``#`` or ``%`` in LOG_DIR stays part of the path.
     """
-    return f"sqlite:///{Path(log_dir).resolve() / 'mlflow.db'}"
+    from sqlalchemy.engine import URL
+
+    database = str(Path(log_dir).resolve() / "mlflow.db")
+    return URL.create("sqlite", database=database).render_as_string(hide_password=False)
 
 
 def wandb_offline() -> bool:

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lit_mnist import FashionMNISTDataModule, MNISTClassifier, MNISTDataModule
-from lit_mnist.lightning_cli import LitMNISTCLI, one_line
+from lit_mnist.lightning_cli import LitMNISTCLI, main, one_line
 from tests.test_lightning_contract import _lightning_cli_deprecations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,3 +189,31 @@ def test_trainer_predict_on_the_datamodule(tiny_data: Path) -> None:
     probabilities = torch.cat(batches)  # type: ignore[arg-type]
     assert probabilities.shape == (200, 10)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(200))
+
+
+@_lightning_cli_deprecations
+def test_a_bad_checkpoint_is_one_line_naming_the_file(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+    monkeypatch.chdir(tmp_path)
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {}}, whole)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, crafted)  # a global weights_only refuses
+    for path, why in (
+        (truncated, "not a complete zip archive"),
+        (text, "not a complete zip archive"),
+        (crafted, "it was refused"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["validate", *_tiny(tiny_data), "--ckpt_path", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f": error: --ckpt_path {path} " in err and why in err, err
+        assert "weights_only=False" not in err, err

@@ -324,3 +324,15 @@ def test_a_resume_killed_while_it_rewrote_metrics_csv_loses_no_rows(tmp_path: Pa
         ("0", "15", 0.5),
         ("1", "31", 0.75),
     ]
+
+
+@pytest.mark.parametrize("name", ["a?b=1", "c#d", "e%20f", "g h", "é日"])
+def test_the_local_mlflow_store_url_round_trips_its_path(tmp_path: Path, name: str) -> None:
+    """A ``?``, ``#``, ``%``, space or non-ASCII letter in --log-dir stays part of the store's path."""
+    pytest.importorskip("mlflow")
+    from sqlalchemy.engine import make_url
+
+    from lit_mnist.loggers import local_mlflow_uri
+
+    log_dir = tmp_path / name / "logs"
+    assert make_url(local_mlflow_uri(log_dir)).database == str(log_dir.resolve() / "mlflow.db")

@@ -340,6 +340,14 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+#: A 1 KB space file whose aliases expand to 10**9 strings (a "billion laughs"): refused, not expanded.
+BILLION_LAUGHS = (
+    "fixed:\n  x0: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"  x{i}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 10)}]\n" for i in range(1, 9))
+    + "space:\n  lr: *i\n"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -367,6 +375,8 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             "devices 2 is refused: --devices 2 --num-nodes 1: a trial runs in the sweep's own",
         ),
         ("space:\n  lr: [0.1]\nfixed:\n  lr: 0.2\n", "lr is both searched (space) and fixed"),
+        (BILLION_LAUGHS, "YAML aliases (*a, line 3) are not accepted in a config file"),
+        ("space:\n  lr: [0.1]\n  lr: [0.2]\n", "duplicate key 'lr' (line 3); keep one"),
     ],
 )
 def test_bad_space_files_exit_2_with_one_line_and_create_nothing(
@@ -404,6 +414,18 @@ def test_bad_flags_exit_2_with_one_line_and_create_nothing(
     line = _usage_error([*args, *([] if "--trials" in extra else ["--trials", "2"]), *extra], capsys)
     assert expected in line
     assert "secret" not in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_huge_grid_is_refused_before_it_is_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = write_space(
+        tmp_path / "space.yaml", {"max_epochs": {"low": 1, "high": 10**15}, "lr": [0.1, 0.01]}
+    )
+    args = ["--space", str(space), "--sampler", "grid", "--log-dir", str(tmp_path / "logs")]
+    line = _usage_error(args, capsys)
+    assert "has 2,000,000,000,000,000 grid points, more than 10,000" in line
     assert not (tmp_path / "logs").exists()
 
 
@@ -471,3 +493,44 @@ def test_other_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ["--report", "--study", "nope", "--log-dir", str(logs)], capsys
     )
     assert len(other.get_trials()) == 0
+
+
+# --------------------------------------------------------------------------- paths that stay paths
+#: Folder names a URL would misread: a query string, a fragment, a percent escape, a space, non-ASCII.
+URL_HOSTILE = ["a?b=1", "c#d", "e%20f", "g h", "é日"]
+
+
+@pytest.mark.parametrize("name", URL_HOSTILE)
+def test_the_default_storage_url_round_trips_its_path(tmp_path: Path, name: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from lit_mnist.sweeps.study import STORAGE_NAME, default_storage, sqlite_file
+
+    for log_dir in (tmp_path / name / "logs", Path("rel") / name):  # absolute, and relative to the cwd
+        url = default_storage(str(log_dir))
+        assert sqlite_file(url) == log_dir / STORAGE_NAME
+        assert make_url(url).database == str(log_dir / STORAGE_NAME)  # what SQLAlchemy opens
+
+
+def test_sqlite_file_of_other_urls() -> None:
+    from lit_mnist.sweeps.study import sqlite_file
+
+    assert sqlite_file("sqlite:///x/sweeps.db?timeout=5") == Path("x/sweeps.db")
+    assert sqlite_file("sqlite+pysqlite:////abs/sweeps.db") == Path("/abs/sweeps.db")
+    for url in ("sqlite://", "sqlite:///:memory:", f"{PG_SCHEME}://u:p@host/db", "not a url"):
+        assert sqlite_file(url) is None, url
+
+
+def test_a_log_dir_that_looks_like_a_url_keeps_its_database_inside(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``?`` or ``#`` in --log-dir is part of the folder, not a query string: the database is inside, --report finds it."""
+    logs = tmp_path / "a?b=1#c %20 é" / "logs"
+    space = write_space(tmp_path / "lr.yaml", {"lr": {"low": 0.01, "high": 0.2, "log": True}})
+    args = ["--space", str(space), "--sampler", "random", *trial_flags(tiny_data, logs)]
+    assert sweep_main([*args, "--trials", "1"]) == 0
+    assert (logs / "sweeps.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a?b=1#c %20 é", "lr.yaml"]  # nothing beside it
+    capsys.readouterr()
+    assert sweep_main([*args, "--report"]) == 0
+    assert "Best config:" in capsys.readouterr().out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +40,19 @@ COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 
 # --------------------------------------------------------------------------- storage
 def default_storage(log_dir: str) -> str:
-    """``sqlite:///LOG_DIR/sweeps.db`` (a relative LOG_DIR stays relative to the working folder)."""
-    return f"sqlite:///{Path(log_dir) / STORAGE_NAME}"
+    """``sqlite:///LOG_DIR/sweeps.db`` (a relative LOG_DIR stays relative to the working folder).
+
+    Built with SQLAlchemy's quoting (:func:`sqlite_url`): a ``?``, ``#`` or ``%`` in LOG_DIR stays part
+    of the path instead of starting a query string.
+    """
+    return sqlite_url(Path(log_dir) / STORAGE_NAME)
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite database file ``path``, quoted: :func:`sqlite_file` gives ``path`` back."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
 def shown(url: str) -> str:
@@ -76,9 +86,19 @@ def _driver_advice(url: str) -> str:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///PATH`` URL; None for other databases and in-memory SQLite."""
-    m = re.fullmatch(r"sqlite(?:\+\w+)?:///(.+?)(\?.*)?", url)
-    return Path(m[1]) if m and m[1] != ":memory:" else None
+    """The database file of a ``sqlite:///PATH`` URL (unquoted, as SQLAlchemy opens it); None for other
+    databases, in-memory SQLite and URLs SQLAlchemy cannot read."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError as UrlError
+
+    try:
+        parsed = make_url(url)
+    except UrlError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
 
 
 @contextlib.contextmanager
