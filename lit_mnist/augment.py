@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_mnist.errors import ConfigError
+from lit_mnist.config import check_augmentation
 
 __all__ = ["RandomAffine"]
 
@@ -57,14 +57,7 @@ class RandomAffine:
         scale: float = 0.0,
         fill: float | Sequence[float] = 0.0,
     ) -> None:
-        if not (math.isfinite(degrees) and 0 <= degrees <= 180):
-            raise ConfigError("augment_degrees", f"must be in [0, 180] (degrees), got {degrees}")
-        if not (math.isfinite(translate) and 0 <= translate < 1):
-            raise ConfigError(
-                "augment_translate", f"must be in [0, 1) (a fraction of the size), got {translate}"
-            )
-        if not (math.isfinite(scale) and 0 <= scale < 1):
-            raise ConfigError("augment_scale", f"must be in [0, 1) (a relative zoom), got {scale}")
+        check_augmentation(degrees, translate, scale)
         self.degrees = float(degrees)
         self.translate = float(translate)
         self.scale = float(scale)

@@ -19,13 +19,21 @@ import numbers
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lit_mnist.errors import ConfigError
 
-__all__ = ["BATCH_SIZE_AUTO_MAX", "GROUPS", "RunConfig", "parse_devices"]
+__all__ = [
+    "BATCH_SIZE_AUTO_MAX",
+    "GROUPS",
+    "RunConfig",
+    "check_augmentation",
+    "check_count_or_fraction",
+    "check_optimizer_settings",
+    "parse_devices",
+]
 
 Dataset = Literal["mnist", "fashion-mnist", "kmnist", "folder"]
 Loader = Literal["memory", "torchvision"]
@@ -240,31 +248,69 @@ def _at_least(minimum: int, *names: str) -> Any:
     return check
 
 
-def _count_or_fraction(name: str, value: Any, closed: bool = False) -> None:
-    fraction = 0 <= value <= 1 if closed else 0 < value < 1
-    if (isinstance(value, int) and value < (0 if closed else 1)) or (
-        isinstance(value, float) and not fraction
+def check_count_or_fraction(name: str, value: Any, closed: bool = False) -> None:
+    """``value`` is a count (an int >= 1, or >= 0 when ``closed``) or a fraction in (0, 1) (``[0, 1]``).
+
+    The one check of such settings, for RunConfig and the datamodules' constructors.
+
+    Raises:
+        ConfigError: naming ``name``.
+    """
+    low, fraction = (0, 0 <= value <= 1) if closed else (1, 0 < value < 1)
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and value >= low) or (isinstance(value, float) and fraction)
     ):
         bounds = "[0, 1]" if closed else "(0, 1)"
-        raise ConfigError(
-            name, f"must be a count >= {0 if closed else 1} or a fraction in {bounds}, got {value}"
-        )
+        raise ConfigError(name, f"must be a count >= {low} or a fraction in {bounds}, got {value}")
+
+
+def check_augmentation(degrees: float, translate: float, scale: float) -> None:
+    """The ranges of the augmentation settings, for RunConfig and :class:`~lit_mnist.augment.RandomAffine`."""
+    if not (math.isfinite(degrees) and 0 <= degrees <= 180):
+        raise ConfigError("augment_degrees", f"must be in [0, 180] (degrees), got {degrees}")
+    if not (math.isfinite(translate) and 0 <= translate < 1):
+        raise ConfigError("augment_translate", f"must be in [0, 1) (a fraction of the size), got {translate}")
+    if not (math.isfinite(scale) and 0 <= scale < 1):
+        raise ConfigError("augment_scale", f"must be in [0, 1) (a relative zoom), got {scale}")
+
+
+def check_optimizer_settings(
+    optimizer: str, lr: float, momentum: float, betas: Sequence[float], nesterov: bool, weight_decay: float,
+    step_size: int, gamma: float, label_smoothing: float,
+) -> None:  # fmt: skip
+    """The ranges of the optimizer's and schedule's settings, for RunConfig and the LightningModule.
+
+    Raises:
+        ConfigError: naming the first invalid setting.
+    """
+    if not lr > 0:
+        raise ConfigError("lr", f"must be > 0, got {lr}")
+    if momentum < 0:
+        raise ConfigError("momentum", f"must be >= 0, got {momentum}")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
+    if nesterov and (optimizer != "sgd" or momentum <= 0):
+        raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
+    if weight_decay < 0:
+        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
+    if step_size < 1:
+        raise ConfigError("step_size", f"must be >= 1, got {step_size}")
+    if not 0 < gamma <= 1:
+        raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
 
 
 def _check_data(cfg: RunConfig) -> None:
     if cfg.batch_size != "auto" and cfg.batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {cfg.batch_size}")
     if cfg.val_size is not None:
-        _count_or_fraction("val_size", cfg.val_size)
-    _count_or_fraction("test_size", cfg.test_size)
+        check_count_or_fraction("val_size", cfg.val_size)
+    check_count_or_fraction("test_size", cfg.test_size)
     for stage in ("train", "val", "test"):
         if (value := getattr(cfg, f"limit_{stage}_batches")) is not None:
-            _count_or_fraction(f"limit_{stage}_batches", value, closed=True)
-    if not (math.isfinite(cfg.augment_degrees) and 0 <= cfg.augment_degrees <= 180):
-        raise ConfigError("augment_degrees", f"must be in [0, 180] (degrees), got {cfg.augment_degrees}")
-    for name, what in (("augment_translate", "a fraction of the size"), ("augment_scale", "a relative zoom")):
-        if not (math.isfinite(value := getattr(cfg, name)) and 0 <= value < 1):
-            raise ConfigError(name, f"must be in [0, 1) ({what}), got {value}")
+            check_count_or_fraction(f"limit_{stage}_batches", value, closed=True)
+    check_augmentation(cfg.augment_degrees, cfg.augment_translate, cfg.augment_scale)
     augmenting = cfg.augment_degrees or cfg.augment_translate or cfg.augment_scale
     if augmenting and cfg.loader != "memory":
         raise ConfigError(
@@ -306,20 +352,10 @@ def _check_model(cfg: RunConfig) -> None:
 
 
 def _check_optimization(cfg: RunConfig) -> None:
-    if cfg.lr != "auto" and not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ConfigError("lr", f"must be > 0, got {cfg.lr}")
-    if cfg.momentum < 0:
-        raise ConfigError("momentum", f"must be >= 0, got {cfg.momentum}")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(cfg.betas)}")
-    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum <= 0):
-        raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
-    if cfg.weight_decay < 0:
-        raise ConfigError("weight_decay", f"must be >= 0, got {cfg.weight_decay}")
-    if not 0 < cfg.gamma <= 1:
-        raise ConfigError("gamma", f"must be in (0, 1], got {cfg.gamma}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise ConfigError("label_smoothing", f"must be in [0, 1), got {cfg.label_smoothing}")
+    check_optimizer_settings(
+        cfg.optimizer, 1.0 if cfg.lr == "auto" else cfg.lr, cfg.momentum, cfg.betas, cfg.nesterov,
+        cfg.weight_decay, cfg.step_size, cfg.gamma, cfg.label_smoothing,
+    )  # fmt: skip
     if cfg.gradient_clip_val is not None and cfg.gradient_clip_val < 0:
         raise ConfigError("gradient_clip_val", f"must be >= 0, got {cfg.gradient_clip_val}")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
@@ -408,7 +444,7 @@ def _check_finders(cfg: RunConfig) -> None:
 
 
 _CHECKS = (
-    _at_least(1, "max_epochs", "num_nodes", "accumulate_grad_batches", "log_every_n_steps", "steps_per_batch", "step_size",
+    _at_least(1, "max_epochs", "num_nodes", "accumulate_grad_batches", "log_every_n_steps", "steps_per_batch",
               "early_stopping_patience", "ckpt_every_n_steps", "image_size"),
     _at_least(0, "num_workers"),
     _check_data,

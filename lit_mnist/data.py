@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from lit_mnist.augment import RandomAffine
+from lit_mnist.config import check_count_or_fraction
 from lit_mnist.errors import ConfigError, DataError
 from lit_mnist.groups import check_steps_per_batch
 from lit_mnist.loader import InMemoryBatchLoader
@@ -163,11 +164,7 @@ class TensorDataModule(L.LightningDataModule):
             raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {num_workers}")
-        if isinstance(val_size, bool) or not (
-            (isinstance(val_size, int) and val_size >= 1)
-            or (isinstance(val_size, float) and 0 < val_size < 1)
-        ):
-            raise ConfigError("val_size", f"must be a count >= 1 or a fraction in (0, 1), got {val_size}")
+        check_count_or_fraction("val_size", val_size)
         if loader not in LOADERS:
             raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
         check_steps_per_batch(steps_per_batch, loader=loader)

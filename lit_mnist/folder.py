@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from lit_mnist.config import check_count_or_fraction
 from lit_mnist.data import Loader, TensorDataModule, default_data_dir
 from lit_mnist.errors import ConfigError, DataError, ImageError
 from lit_mnist.images import read_grayscale, read_rgb
@@ -106,11 +107,7 @@ class ImageFolderDataModule(TensorDataModule):
             raise ConfigError("image_size", f"must be >= 1, got {image_size}")
         if color not in COLORS:
             raise ConfigError("color", f"must be one of {', '.join(COLORS)}; got {color!r}")
-        if isinstance(test_size, bool) or not (
-            (isinstance(test_size, int) and test_size >= 1)
-            or (isinstance(test_size, float) and 0 < test_size < 1)
-        ):
-            raise ConfigError("test_size", f"must be a count >= 1 or a fraction in (0, 1), got {test_size}")
+        check_count_or_fraction("test_size", test_size)
         super().__init__(
             batch_size=batch_size,
             num_workers=num_workers,

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_mnist.config import check_optimizer_settings
 from lit_mnist.errors import ConfigError
 from lit_mnist.groups import (
     CHECKPOINT_KEY,
@@ -463,22 +464,9 @@ def _check_settings(
     _check_choice("model", model, MODELS)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("scheduler", scheduler, SCHEDULERS)
-    if not lr > 0:
-        raise ConfigError("lr", f"must be > 0, got {lr}")
-    if momentum < 0:
-        raise ConfigError("momentum", f"must be >= 0, got {momentum}")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
-    if nesterov and (optimizer != "sgd" or momentum <= 0):
-        raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
-    if weight_decay < 0:
-        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
-    if step_size < 1:
-        raise ConfigError("step_size", f"must be >= 1, got {step_size}")
-    if not 0 < gamma <= 1:
-        raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
-    if not 0 <= label_smoothing < 1:
-        raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
+    check_optimizer_settings(
+        optimizer, lr, momentum, betas, nesterov, weight_decay, step_size, gamma, label_smoothing
+    )
 
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
