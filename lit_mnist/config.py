@@ -134,6 +134,7 @@ class RunConfig:
     early_stopping_patience: int | None = _setting(_TRAINER, None, "Stop when val/acc has not improved for this many epochs.")
     compile: bool = _setting(_TRAINER, False, "torch.compile the network; its compile time is paid in the first steps.")
     seed: int = _setting(_TRAINER, 42, "Seed of the weights, shuffling and augmentation.")
+    threads: int | None = _setting(_TRAINER, None, "CPU threads of torch's operators in each process (default: $OMP_NUM_THREADS, else the CPUs this process may use, by its affinity and cgroup quota, shared among the run's processes); give each of several runs on one machine its share.")
     deterministic: bool = _setting(_TRAINER, False, "Use only deterministic algorithms (slower; same result on each run).")
     fast_dev_run: int = _setting(_TRAINER, 0, "Run this many batches of each stage (the bare flag: 1) as a smoke test, with no logs or checkpoints.")
     limit_train_batches: int | float | None = _setting(_TRAINER, None, "Training batches per epoch: a count or a fraction.")
@@ -445,7 +446,7 @@ def _check_finders(cfg: RunConfig) -> None:
 
 _CHECKS = (
     _at_least(1, "max_epochs", "num_nodes", "accumulate_grad_batches", "log_every_n_steps", "steps_per_batch",
-              "early_stopping_patience", "ckpt_every_n_steps", "image_size"),
+              "early_stopping_patience", "ckpt_every_n_steps", "image_size", "threads"),
     _at_least(0, "num_workers"),
     _check_data,
     _check_model,

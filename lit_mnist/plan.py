@@ -19,9 +19,11 @@ from lit_mnist.data import TensorDataModule
 from lit_mnist.errors import UsageError
 from lit_mnist.groups import StepGroupPlan, group_size
 from lit_mnist.loggers import check_installed
-from lit_mnist.runtime import check_accelerator
+from lit_mnist.runtime import THREADS_ENV, check_accelerator, cpu_share, env_threads
 
-__all__ = ["check_machine", "groups_ruled_out", "launched_across_machines", "plan_step_groups", "world_size"]
+__all__ = [
+    "check_machine", "groups_ruled_out", "launched_across_machines", "plan_step_groups", "set_threads", "world_size",
+]  # fmt: skip
 
 
 def world_size(cfg: RunConfig) -> int | None:
@@ -90,6 +92,25 @@ def check_machine(cfg: RunConfig) -> None:
         )
     if cfg.ckpt_path is not None and cfg.ckpt_path != "last" and not Path(cfg.ckpt_path).is_file():
         raise UsageError(f"--ckpt-path {cfg.ckpt_path}: no such file; give a .ckpt file or 'last'")
+
+
+def set_threads(cfg: RunConfig) -> int:
+    """Give each process of the run its threads (``--threads``, else :data:`THREADS_ENV`, else this process's
+    CPU share divided among the run's processes on this machine); return the number.
+
+    One process sets torch's intra-op threads. A run of several processes per machine sets
+    :data:`THREADS_ENV` instead: Lightning's launchers read it and hand it to every process they start.
+
+    Raises:
+        UsageError: :data:`THREADS_ENV` is set to something that is not a number of threads.
+    """
+    from_env = env_threads()
+    processes = max(1, (world_size(cfg) or 1) // cfg.num_nodes)
+    threads = cfg.threads or from_env or max(1, cpu_share() // processes)
+    if processes > 1:
+        os.environ[THREADS_ENV] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _check_finders(cfg: RunConfig) -> None:

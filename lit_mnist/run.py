@@ -38,7 +38,7 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
-from lit_mnist.plan import check_machine
+from lit_mnist.plan import check_machine, set_threads
 from lit_mnist.runs import (
     RESULTS_NAME,
     find_last_checkpoint,
@@ -116,6 +116,7 @@ def _plan(config: RunConfig) -> tuple[RunConfig, Path | None, Any]:
 
     cfg = config if config.data_dir is not None else dataclasses.replace(config, data_dir=default_data_dir())
     check_machine(cfg)
+    set_threads(cfg)
     if global_rank() == 0 and not cfg.fast_dev_run:  # not at the first metric, after the data were read
         check_reachable(list(cfg.logger), cfg.mlflow_tracking_uri)
     ckpt_path = None

@@ -54,6 +54,49 @@ def check_accelerator(accelerator: str) -> None:
         )
 
 
+#: The variable OpenMP, torch and Lightning's launchers read for the threads of each process.
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def cpu_share() -> int:
+    """The CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's
+    ``--cpus``, a batch job's limit), at least 1. torch's default counts the machine's cores instead, and a
+    process with more threads than CPUs spends its time waiting for them (OpenMP threads spin as they wait).
+    """
+    share = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (
+        ("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),  # cgroup v1
+    ):
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields.append(Path(period_file).read_text().strip())
+            quota, period = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):  # no such cgroup file, or "max": no quota
+            continue
+        if quota > 0 and period > 0:
+            share = min(share, -(-quota // period))
+    return max(1, share)
+
+
+def env_threads() -> int | None:
+    """:data:`THREADS_ENV` as a number of threads, or ``None`` when it is not set.
+
+    Raises:
+        UsageError: one line naming the variable when it is set to anything but a whole number >= 1.
+    """
+    value = os.environ.get(THREADS_ENV)
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UsageError(
+            f"the environment variable {THREADS_ENV}={value!r} must be a whole number of threads >= 1; "
+            f"set it to one (e.g. {THREADS_ENV}=1) or unset it"
+        )
+    return int(value)
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its class name when empty), at most ``limit`` characters."""
     text = str(err).strip()

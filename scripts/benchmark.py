@@ -236,6 +236,16 @@ def get_parser() -> argparse.ArgumentParser:
         "cnn-fast's (batch 256) with their convolution weights channels-last and contiguous, in turn; "
         "--repeats rounds of 20 steps (medians, images/s).",
     )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="Instead of epochs: whole 1-epoch scripts/train.py runs on the CPU, one alone and two at once (each "
+        "with its default threads, then each with --threads half this process's CPU share), in turn; --repeats "
+        "rounds (medians of wall and CPU seconds; scripts/side_by_side.py).",
+    )
+    parser.add_argument(
+        "--busy", type=int, default=0, help="With --side-by-side: busy-loop processes running beside every case."
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -528,7 +538,8 @@ def main(args: argparse.Namespace) -> int:
     prog = "benchmark.py"
     modes = [flag for flag, on in (("--augment", args.augment), ("--start-up", args.start_up),
                                     ("--channels-last", args.channels_last),
-                                    ("--time-to-accuracy", args.time_to_accuracy)) if on]  # fmt: skip
+                                    ("--time-to-accuracy", args.time_to_accuracy),
+                                    ("--side-by-side", args.side_by_side)) if on]  # fmt: skip
     if len(modes) > 1:
         print(f"{prog}: error: {' and '.join(modes)} are separate runs; give one of them", file=sys.stderr)
         return 2
@@ -546,8 +557,20 @@ def main(args: argparse.Namespace) -> int:
     if args.against and not args.start_up:
         print(f"{prog}: error: --against is for --start-up; give both", file=sys.stderr)
         return 2
+    if args.busy and not args.side_by_side:
+        print(f"{prog}: error: --busy is for --side-by-side; give both", file=sys.stderr)
+        return 2
     if args.augment:
         return augment_speed(args.repeats, args.device)
+    if args.side_by_side:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import side_by_side
+
+        try:
+            return side_by_side.run(args.data_dir, args.val_size, args.repeats, max(0, args.busy))
+        except RuntimeError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
     if args.start_up:
         import shlex
 

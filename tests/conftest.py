@@ -11,8 +11,25 @@ import pytest
 
 from lit_mnist.config import RunConfig
 from lit_mnist.data import DATA_DIR_ENV
+from lit_mnist.runtime import THREADS_ENV, cpu_share
 
 REAL_DATA = os.environ.get(DATA_DIR_ENV)
+#: A subprocess's time-out on the real MNIST: a guard against a hang, sized for a machine loaded by other
+#: jobs (speed is measured by scripts/benchmark.py, never by a test).
+HANG_GUARD_S = 2400
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each test process gets its share of the CPUs, and so does every run it starts (they read
+    OMP_NUM_THREADS): pytest-xdist's workers with torch's default threads each would ask for every core,
+    and OpenMP threads that wait for a core spin on it."""
+    import torch
+
+    if config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
+        return  # the xdist controller runs no tests; each worker sets its own share
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault(THREADS_ENV, str(max(1, cpu_share() // workers)))
+    torch.set_num_threads(int(os.environ[THREADS_ENV]))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

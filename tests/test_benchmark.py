@@ -344,3 +344,17 @@ def test_augment_times_each_augmentation_against_lit_mnists() -> None:
     else:
         assert "kornia RandomAffine (per sample)" in rows
     assert all(float(ms) > 0 for ms, _, *_ in rows.values())
+
+
+def test_side_by_side_times_one_run_alone_and_two_at_once(tiny_data: Path) -> None:
+    proc = run_benchmark(
+        "--side-by-side", "--repeats", "1", "--data-dir", str(tiny_data), "--val-size", "100", timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line[:16].strip(): line[16:].split() for line in proc.stdout.splitlines()}
+    for case, runs in (("alone", "1"), ("two, default", "2"), ("two, shares", "2")):
+        assert rows[case][0] == runs, proc.stdout
+        assert float(rows[case][1]) > 0 and float(rows[case][2]) > 0, proc.stdout  # wall and CPU seconds
+    assert re.search(r"default / shares: wall \d+\.\d\dx, CPU \d+\.\d\dx", proc.stdout), proc.stdout
+    bad = run_benchmark("--busy", "2", "--data-dir", str(tiny_data), timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "benchmark.py: error: --busy is for --side-by-side; give both"

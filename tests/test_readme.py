@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lit_mnist.data import DATA_DIR_ENV
+from tests.conftest import HANG_GUARD_S
 from tests.readme_examples import readme_example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_the_library_example_on_the_real_mnist(real_data_dir: Path, tmp_path: Pa
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop(DATA_DIR_ENV, None)  # the block names its data folder itself
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=checkout, capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, str(script)], cwd=checkout, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((checkout / "lightning_logs").glob("version_*"))

@@ -26,6 +26,7 @@ from lit_mnist.loader import InMemoryBatchLoader
 from lit_mnist.recipes import RECIPES, recipe_path
 from lit_mnist.run import train
 from lit_mnist.stopping import GracefulInterrupt
+from tests.conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -417,7 +418,7 @@ def test_recipe_reaches_its_accuracy_on_real_mnist(
             "--no-progress-bar",
         ],
         tmp_path,
-        timeout=1200,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "logs" / "version_0" / "results.json").read_text())
@@ -426,7 +427,7 @@ def test_recipe_reaches_its_accuracy_on_real_mnist(
     evaluated = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--ckpt-path", results["best_checkpoint"],
          "--data-dir", str(real_data_dir), "--accelerator", "cpu"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert f"Test accuracy: {results['test_acc']:.2%}" in evaluated.stdout

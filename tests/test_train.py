@@ -21,6 +21,7 @@ from lit_mnist.config import RunConfig
 from lit_mnist.errors import UsageError
 from lit_mnist.run import train
 from lit_mnist.runs import RUN_VERSION_ENV, reserve_version, run_version, share_version
+from tests.conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,7 +222,7 @@ def test_real_mnist_default_recipe_3_epochs(real_data_dir: Path, tmp_path: Path)
         ],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=HANG_GUARD_S,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -28,7 +28,7 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
-from lit_mnist.runtime import hide_advertisements, ignore_upstream_deprecations
+from lit_mnist.runtime import env_threads, hide_advertisements, ignore_upstream_deprecations
 from lit_mnist.startup import quiet_gc_first_imports
 
 if TYPE_CHECKING:  # the library is imported once the flags say the run goes ahead
@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     hide_advertisements()
     asked = parse_run(argv, prog)
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        env_threads()  # before torch loads OpenMP, which reads the variable and complains in its own words
+    except UsageError as err:
+        usage_exit(prog, str(err))
 
     with quiet_gc_first_imports():  # torch and Lightning, once the flags say it runs (lit_mnist.startup)
         from lit_mnist.run import train
