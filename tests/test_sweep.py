@@ -534,3 +534,51 @@ def test_a_log_dir_that_looks_like_a_url_keeps_its_database_inside(
     capsys.readouterr()
     assert sweep_main([*args, "--report"]) == 0
     assert "Best config:" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder``: a disk that really fills. Root only; skips elsewhere."""
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield folder
+    finally:  # lazily: the study's database connection may still hold a file open on it
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_full_disk_keeps_the_results_written_and_says_what_was_not(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The study's files are replaced whole or kept; a full disk under the report or the database is one line."""
+    space = write_space(tmp_path / "lr.yaml", {"lr": {"low": 0.01, "high": 0.2, "log": True}})
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        logs = disk / "logs"
+        args = ["--space", str(space), "--sampler", "random", *trial_flags(tiny_data, logs)]
+        args += ["--save-top-k", "0", "--logger", "csv"]  # a checkpoint is all a trial keeps: last.ckpt
+        assert sweep_main([*args, "--trials", "1"]) == 0
+        results = logs / "sweeps" / "lr"
+        best = (results / "best.yaml").read_text()
+        with open(disk / "filler", "wb") as filler, contextlib.suppress(OSError):
+            while True:  # fill the disk to its last block
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        capsys.readouterr()
+
+        assert sweep_main([*args, "--report"]) == 1
+        out, err = capsys.readouterr()
+        assert "Best trial:      0" in out  # the results are printed
+        assert err.count("\n") == 1, err
+        assert err.startswith("sweep.py: error: best.yaml, trials.csv, history.png not written in ")
+        assert "No space left on device" in err and "--report" in err
+        assert (results / "best.yaml").read_text() == best  # the earlier file, whole
+        assert sorted(p.name for p in results.iterdir()) == ["best.yaml", "history.png", "trials.csv"]
+
+        assert sweep_main([*args, "--trials", "3"]) == 1  # the database cannot grow: one line, trials kept
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "database or disk is full" in err, err
+        assert "run the same command to continue" in err
+        (disk / "filler").unlink()
+        assert len(load(logs, "lr").trials) >= 1

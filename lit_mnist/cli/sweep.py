@@ -255,8 +255,8 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
 
         with optuna_verbosity(optuna.logging.ERROR):
             if opts.report:
-                return report(opts)
-            return sweep(opts, explicit)
+                return report(opts, prog)
+            return sweep(opts, explicit, prog)
     except UsageError as err:
         usage_exit(prog, str(err))
     except Interrupted as stop:
@@ -277,11 +277,15 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
         if not is_storage_error(err):
             raise
         where = shown(opts.storage or default_storage(opts.log_dir))
-        print(f"{prog}: error: the storage {where} failed: {storage_error_detail(err)}", file=sys.stderr)
+        print(
+            f"{prog}: error: the storage {where} failed: {storage_error_detail(err)}; the trials it holds are kept: "
+            "fix it (free some space) and run the same command to continue, or --report to see them",
+            file=sys.stderr,
+        )
         return 1
 
 
-def sweep(opts: Namespace, explicit: Mapping[str, Any]) -> int:
+def sweep(opts: Namespace, explicit: Mapping[str, Any], prog: str) -> int:
     """Run the sweep's trials, then show and write its results; 1 when no trial completed."""
     space, configure = prepare(opts, explicit)
     direction: Literal["maximize", "minimize"] = opts.direction or METRICS[opts.metric]
@@ -303,10 +307,10 @@ def sweep(opts: Namespace, explicit: Mapping[str, Any]) -> int:
     if trials is None and opts.sampler == "grid":  # the whole grid
         trials = math.prod(len(values) for values in space.grid().values())
     run_sweep(study, Objective(space, configure, opts.metric, direction), trials, opts.timeout)
-    return 0 if write_results(study, opts.log_dir, url) else 1
+    return write_results(study, opts.log_dir, url, prog)
 
 
-def report(opts: Namespace) -> int:
+def report(opts: Namespace, prog: str) -> int:
     """``--report``: show and write the results of a study, running nothing."""
     url = opts.storage
     if url is None:
@@ -318,7 +322,7 @@ def report(opts: Namespace) -> int:
     storage = open_storage(url, opts.heartbeat)
     study = load_existing_study(storage, opts.study or (Path(opts.space).stem if opts.space else None))
     announce_stale_trials(study)
-    return 0 if write_results(study, opts.log_dir, url) else 1
+    return write_results(study, opts.log_dir, url, prog)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int:

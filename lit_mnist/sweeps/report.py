@@ -11,13 +11,14 @@ import csv
 import io
 import re
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lit_mnist.runtime import first_line, replace_atomic, write_atomic
+from lit_mnist.runtime import first_line, replace_atomic
 from lit_mnist.sweeps.space import Param
 from lit_mnist.sweeps.study import ATTR_METRIC, ATTR_SPACE, shown
 from lit_mnist.sweeps.trial import format_value
@@ -89,9 +90,12 @@ def format_table(rows: list[list[str]]) -> str:
     )
 
 
-def save_plots(study: optuna.Study, folder: Path) -> tuple[list[Path], str]:
+def save_plots(
+    study: optuna.Study, folder: Path, unwritten: list[tuple[Path, OSError]]
+) -> tuple[list[Path], str]:
     """Optuna's optimisation history and parameter importances as PNG files (matplotlib's Agg canvas).
 
+    A plot that cannot be written is added to ``unwritten`` (:func:`save`).
     Returns the files written and, when the importance plot cannot be drawn yet (fewer than two
     completed trials), why.
     """
@@ -118,9 +122,9 @@ def save_plots(study: optuna.Study, folder: Path) -> tuple[list[Path], str]:
         figure.set_size_inches(8, 5)
         figure.tight_layout()
         path = folder / name
-        replace_atomic(path, partial(figure.savefig, format="png", dpi=100))
+        if save(path, partial(figure.savefig, format="png", dpi=100), unwritten):
+            written.append(path)
         plt.close(figure)
-        written.append(path)
     return written, missing
 
 
@@ -142,10 +146,12 @@ def _plots(study: optuna.Study) -> tuple[list[tuple[str, Callable[[optuna.Study]
     return plots, ""
 
 
-def write_results(study: optuna.Study, log_dir: str, storage_url: str) -> bool:
-    """Print the study's table and summary; write ``trials.csv``, ``best.yaml`` and the plots.
+def write_results(study: optuna.Study, log_dir: str, storage_url: str, prog: str = "sweep.py") -> int:
+    """Print the study's table and summary; write ``best.yaml``, ``trials.csv`` and the plots.
 
-    Returns whether a trial completed (there is a best trial).
+    Each file is written whole or not at all (the previous one stays); the files that cannot be written
+    (a full disk, a read-only folder) are named in one line on stderr, after what could be printed.
+    Returns the exit status: 0 when a trial completed and every file was written, else 1.
     """
     metric = str(study.user_attrs.get(ATTR_METRIC, "value"))
     trials = study.get_trials(deepcopy=False)
@@ -156,27 +162,48 @@ def write_results(study: optuna.Study, log_dir: str, storage_url: str) -> bool:
         f"{': ' + summary if summary else ''}; {study.direction.name.lower()} {metric}"
     )
     if not trials:
-        return False
+        return 1
     rows = table(study, metric)
     print(format_table(rows))
     folder = results_dir(log_dir, study.study_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    unwritten: list[tuple[Path, OSError]] = []
+    lines = best_lines(study, folder, metric, unwritten)
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
-    write_atomic(folder / "trials.csv", text.getvalue())
-    lines = best_lines(study, folder, metric)
-    plots, missing = save_plots(study, folder)
+    if save(folder / "trials.csv", lambda tmp: tmp.write_text(text.getvalue()), unwritten):
+        lines.append(("Trials", str(folder / "trials.csv")))
+    plots, missing = save_plots(study, folder, unwritten)
     if plots:
         lines.append(("Plots", ", ".join(str(p) for p in plots) + (f"  ({missing})" if missing else "")))
-    lines.append(("Trials", str(folder / "trials.csv")))
     lines.append(("TensorBoard", f"tensorboard --logdir {log_dir}  (the HParams tab compares the trials)"))
     print()
     for label, line in lines:
         print(f"{label + ':':<17}{line}")
-    return counts["COMPLETE"] > 0
+    if unwritten:
+        names = ", ".join(path.name for path, _ in unwritten)
+        print(
+            f"{prog}: error: {names} not written in {folder} ({first_line(unwritten[0][1])}); the results are above and "
+            "every trial is in the study's database: free some space and run the sweep with --report to write them",
+            file=sys.stderr,
+        )
+    return 0 if counts["COMPLETE"] > 0 and not unwritten else 1
 
 
-def best_lines(study: optuna.Study, folder: Path, metric: str) -> list[tuple[str, str]]:
+def save(path: Path, write: Callable[[Path], object], unwritten: list[tuple[Path, OSError]]) -> bool:
+    """Write ``path`` whole through ``write(tmp)`` (its folder made first); on an ``OSError`` keep the file as it
+    was, add it to ``unwritten`` and return False."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomic(path, write)
+    except OSError as err:
+        unwritten.append((path, err))
+        return False
+    return True
+
+
+def best_lines(
+    study: optuna.Study, folder: Path, metric: str, unwritten: list[tuple[Path, OSError]]
+) -> list[tuple[str, str]]:
     """The best trial, its config (written to ``best.yaml``) and checkpoint, as ``(label, line)`` pairs."""
     import optuna
 
@@ -186,10 +213,10 @@ def best_lines(study: optuna.Study, folder: Path, metric: str) -> list[tuple[str
     lines = [("Best trial", f"{best.number} ({metric} {best.value:.4g}) in {run_folder(best)}")]
     if config := best.user_attrs.get("config"):
         best_yaml = folder / "best.yaml"
-        write_atomic(best_yaml, str(config))
-        lines.append(
-            ("Best config", f"{best_yaml}  (repeat it: python scripts/train.py --config {best_yaml})")
-        )
+        if save(best_yaml, lambda tmp: tmp.write_text(str(config)), unwritten):
+            lines.append(
+                ("Best config", f"{best_yaml}  (repeat it: python scripts/train.py --config {best_yaml})")
+            )
     if checkpoint := best.user_attrs.get("best_checkpoint"):
         lines.append(("Best checkpoint", str(checkpoint)))
     return lines
