@@ -417,6 +417,46 @@ def _check_trainer(cfg: RunConfig) -> None:
         raise ConfigError("logger", "must name at least one logger: tensorboard, csv, mlflow or wandb")
 
 
+#: The largest count or size a setting takes: torch, OpenMP and NumPy read them as C ints.
+INT_MAX = 2**31 - 1
+#: Lightning's seed_everything takes NumPy's seeds: unsigned 32-bit integers.
+SEED_MAX = 2**32 - 1
+#: The largest --image-size: a network's input grows with its square (an MLP's first layer on 1024 x 1024 RGB
+#: images already holds 400 million weights).
+IMAGE_SIZE_MAX = 1024
+#: The most threads one process may ask for (OpenMP starts them all).
+THREADS_MAX = 1024
+#: The longest experiment name MLflow stores.
+MLFLOW_EXPERIMENT_MAX = 500
+
+
+def _check_limits(cfg: RunConfig) -> None:
+    """Numbers the libraries below would refuse with a traceback, or take without a word and fail later."""
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(
+            "seed", f"must be in [0, {SEED_MAX}] (Lightning seeds NumPy with it), got {cfg.seed}"
+        )
+    for name, limit in (("image_size", IMAGE_SIZE_MAX), ("threads", THREADS_MAX)):
+        if (value := getattr(cfg, name)) is not None and value > limit:
+            raise ConfigError(name, f"must be at most {limit}, got {value}")
+    for f in dataclasses.fields(cfg):
+        values = getattr(cfg, f.name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if (
+                f.name != "seed"
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and abs(value) > INT_MAX
+            ):
+                raise ConfigError(f.name, f"must be at most {INT_MAX}, got {value}")
+    if not cfg.mlflow_experiment.strip() or len(cfg.mlflow_experiment) > MLFLOW_EXPERIMENT_MAX:
+        raise ConfigError(
+            "mlflow_experiment",
+            f"must be a name of 1 to {MLFLOW_EXPERIMENT_MAX} characters (MLflow's limit), "
+            f"got {len(cfg.mlflow_experiment)}: {cfg.mlflow_experiment[:40]!r}",
+        )
+
+
 def _check_recipe(cfg: RunConfig) -> None:
     from lit_mnist.recipes import RECIPES
 
@@ -454,6 +494,7 @@ _CHECKS = (
     _check_averaging,
     _check_trainer,
     _check_finders,
+    _check_limits,
     _check_recipe,
 )  # fmt: skip
 

@@ -97,6 +97,25 @@ def env_threads() -> int | None:
     return int(value)
 
 
+#: The longest file name (in bytes) of the usual filesystems (ext4, XFS, Btrfs, tmpfs, NTFS, APFS).
+NAME_MAX = 255
+
+
+def check_file_name(what: str, name: str) -> None:
+    """Refuse a ``name`` (``--study``, ...) that cannot become the name of a file or folder.
+
+    Raises:
+        UsageError: one line naming ``what`` and why: empty, ``.`` or ``..``, a ``/`` or NUL in it, or longer
+            than :data:`NAME_MAX` bytes.
+    """
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"{what} {name!r} cannot be a folder name: give a name without / (not . or ..)")
+    if (size := len(name.encode("utf-8", "surrogateescape"))) > NAME_MAX:
+        raise UsageError(
+            f"{what} is {size} bytes long and a file name holds at most {NAME_MAX}: give a shorter one"
+        )
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its class name when empty), at most ``limit`` characters."""
     text = str(err).strip()

@@ -49,6 +49,14 @@ from lit_mnist.runtime import ACCELERATORS, PRECISIONS
         ({"recipe": "fastest"}, "recipe", "'fastest' is not a recipe; choose one of classic"),
         ({"logger": ("csv", "x")}, "logger", "must be a list, each one of tensorboard, csv, mlflow, wandb"),
         ({"model": "cnn", "cnn_kernel_sizes": (4,)}, "cnn_kernel_sizes", "must be odd positive sizes"),
+        ({"seed": -1}, "seed", "must be in [0, 4294967295] (Lightning seeds NumPy with it), got -1"),
+        ({"seed": 2**32}, "seed", "must be in [0, 4294967295]"),
+        ({"dataset": "folder", "image_size": 100_000}, "image_size", "must be at most 1024, got 100000"),
+        ({"max_epochs": 2**40}, "max_epochs", "must be at most 2147483647, got 1099511627776"),
+        ({"hidden_sizes": (128, 2**33)}, "hidden_sizes", "must be at most 2147483647"),
+        ({"threads": 0}, "threads", "must be >= 1, got 0"),
+        ({"threads": 5000}, "threads", "must be at most 1024, got 5000"),
+        ({"mlflow_experiment": " "}, "mlflow_experiment", "must be a name of 1 to 500 characters"),
     ],
 )
 def test_an_invalid_config_raises_a_typed_error_naming_the_field(

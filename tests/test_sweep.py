@@ -404,6 +404,8 @@ def test_bad_space_files_exit_2_with_one_line_and_create_nothing(
             "a trial runs in the sweep's own process, on one device",
         ),
         (["--metric", "val/f1"], "--metric must be one of val/acc, val/loss"),
+        (["--study", ".."], "--study '..' cannot be a folder name"),
+        (["--study", "é" * 200], "--study is 400 bytes long and a file name holds at most 255"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_and_create_nothing(

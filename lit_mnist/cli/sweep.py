@@ -31,8 +31,8 @@ from lit_mnist.config import RunConfig
 from lit_mnist.data import default_data_dir
 from lit_mnist.errors import DataError, Interrupted, RunError, UsageError
 from lit_mnist.plan import check_machine, world_size
-from lit_mnist.runtime import hide_advertisements, ignore_upstream_deprecations
-from lit_mnist.sweeps.report import write_results
+from lit_mnist.runtime import check_file_name, hide_advertisements, ignore_upstream_deprecations
+from lit_mnist.sweeps.report import results_dir, write_results
 from lit_mnist.sweeps.space import Configure, Space, check_space, load_space
 from lit_mnist.sweeps.study import (
     STORAGE_NAME,
@@ -177,6 +177,12 @@ def check_options(opts: Namespace) -> None:
         raise UsageError(f"--heartbeat must be >= 1 second, got {opts.heartbeat}")
     if opts.pruner_startup_trials < 0:
         raise UsageError(f"--pruner-startup-trials must be >= 0, got {opts.pruner_startup_trials}")
+    if (name := opts.study or (Path(opts.space).stem if opts.space else None)) is not None:
+        # the study's results go to LOG_DIR/sweeps/STUDY: a name no folder can have is refused before any trial
+        check_file_name(
+            "--study" if opts.study else f"the study name (--space {opts.space})",
+            results_dir(opts.log_dir, name).name,
+        )
 
 
 def require_optuna() -> None:
