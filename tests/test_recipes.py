@@ -95,12 +95,26 @@ def test_a_recipe_named_in_a_config_file_is_read_before_the_file(tmp_path: Path)
     assert (cfg.recipe, cfg.model, cfg.batch_size, cfg.max_epochs) == ("cnn-fast", "cnn", 256, 3)
 
 
-def test_flags_after_a_recipe_override_it_and_flags_before_do_not() -> None:
+def test_every_other_flag_overrides_the_recipe_wherever_it_stands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert parse_run(["--recipe", "cnn-fast"]).max_epochs == 1
     assert parse_run(["--recipe", "cnn-fast", "--max-epochs", "5"]).max_epochs == 5
-    assert parse_run(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 1
+    assert parse_run(["--max-epochs", "5", "--recipe=cnn-fast"]).max_epochs == 5
+    config = tmp_path / "mine.yaml"
+    config.write_text("max_epochs: 3\n")
+    assert parse_run(["--config", str(config), "--recipe", "cnn-fast"]).max_epochs == 3
     mlp = parse_run(["--recipe", "mlp-best"])
     assert mlp.model == "mlp" and mlp.augment_degrees > 0 and mlp.max_epochs <= 20
+    assert parse_run(["--recipe", "classic", "--recipe", "classic"]).recipe == "classic"
+    with pytest.raises(SystemExit) as exit_:
+        parse_run(["--recipe", "cnn-fast", "--lr", "0.1", "--recipe", "mlp-best"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "train.py: error: --recipe cnn-fast and --recipe mlp-best: give one recipe (a run starts from one); "
+        "change its settings with flags or a --config file"
+    )
 
 
 def test_a_recipe_trains_and_its_name_is_in_config_yaml(run_args: list[str], tmp_path: Path) -> None:

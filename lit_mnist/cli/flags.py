@@ -3,7 +3,8 @@
 Each field gives its flag the type (jsonargparse checks it, a ``Literal`` lists the choices), the
 default, the ``--help`` group and line; booleans take ``--name`` / ``--no-name``, tuples one or more
 values. ``--config FILE.yaml`` takes the fields' names as keys (dashes or underscores), and flags
-after it override it; ``--recipe NAME`` reads ``lit_mnist/recipes/NAME.yaml`` the same way.
+after it override it; ``--recipe NAME`` reads ``lit_mnist/recipes/NAME.yaml`` the same way, before any other
+flag or config file wherever it is given.
 ``train`` and ``sweep`` share the parser.
 """
 
@@ -149,12 +150,15 @@ def check_config_files(args: Sequence[str]) -> None:
 
 
 def expand_recipe(args: list[str], prog: str) -> tuple[list[str], str | None]:
-    """``--recipe NAME`` -> ``--config <lit_mnist/recipes/NAME.yaml>`` in place; ``--recipe list`` prints them.
+    """``--recipe NAME`` -> ``--config <lit_mnist/recipes/NAME.yaml>`` first, wherever it was given, so that every
+    other flag and config file overrides the recipe (a recipe is where a run starts); ``--recipe list`` prints them.
+    One recipe at most: two would mix their settings.
 
     Returns:
-        The arguments to parse and the recipe's name (the last one given), or None.
+        The arguments to parse and the recipe's name, or None.
     """
-    expanded, recipe = [], None
+    expanded: list[str] = []
+    recipe: str | None = None
     i = 0
     while i < len(args):
         arg = args[i]
@@ -172,14 +176,21 @@ def expand_recipe(args: list[str], prog: str) -> tuple[list[str], str | None]:
             print(recipes_table())
             raise SystemExit(0)
         try:
-            path = recipe_path(name)
+            recipe_path(name)
         except KeyError:
             usage_exit(
                 prog, f"--recipe {name!r} is not a recipe; choose one of {', '.join(RECIPES)} (--recipe list)"
             )
-        expanded += ["--config", str(path), f"--recipe={name}"]
+        if recipe is not None and name != recipe:
+            usage_exit(
+                prog,
+                f"--recipe {recipe} and --recipe {name}: give one recipe (a run starts from one); "
+                "change its settings with flags or a --config file",
+            )
         recipe = name
-    return expanded, recipe
+    if recipe is None:
+        return expanded, None
+    return ["--config", str(recipe_path(recipe)), f"--recipe={recipe}", *expanded], recipe
 
 
 def check_not_null(namespace: Namespace, parser: ArgumentParser) -> None:
