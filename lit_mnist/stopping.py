@@ -26,6 +26,7 @@ stage's first hook (its start-up barrier), and between fit and test, where SIGTE
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import warnings
@@ -46,6 +47,28 @@ __all__ = [
     "LastCheckpoint",
     "NonFiniteLossGuard",
 ]
+
+#: The logger of Lightning's SIGTERM handler (its module's name), which says "Received SIGTERM".
+SIGNAL_LOGGER = "lightning.pytorch.trainer.connectors.signal_connector"
+#: The logger of Lightning's rank-zero notes, where ModelCheckpoint says it saved on an exception.
+NOTES_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class _Drop(logging.Filter):
+    """Drops Lightning's log lines that contain ``text``: lines a stop's own message says better."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+#: "Received SIGTERM", when the SIGTERM is the one a Ctrl-C was turned into.
+_CTRL_C_IS_NOT_SIGTERM = _Drop("Received SIGTERM")
+#: "An SIGTERMException was raised with message: , saved checkpoint to ...": the stop's message names it.
+_SAVED_ON_STOP = _Drop("SIGTERMException was raised with message")
 
 
 class GracefulInterrupt(L.Callback):
@@ -91,6 +114,8 @@ class GracefulInterrupt(L.Callback):
                 raise SIGTERMException
             # Every rank, at this same step: Lightning's own handler (its broadcast now has every rank
             # in it) marks the stop, and Lightning ends training after this batch as for one process
+            if self.signal_name == "SIGINT":
+                logging.getLogger(SIGNAL_LOGGER).addFilter(_CTRL_C_IS_NOT_SIGTERM)
             self._lightning_sigterm(signal.SIGTERM, None)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -161,6 +186,7 @@ class GracefulInterrupt(L.Callback):
             # The checkpoint callbacks (which Lightning calls after this one) write the stop's checkpoint
             # now: a Ctrl-C during that write aborts it (restore() is the caller's, after fit or test)
             self._stopping = True
+            logging.getLogger(NOTES_LOGGER).addFilter(_SAVED_ON_STOP)
             return
         self._restore()
 
@@ -175,6 +201,8 @@ class GracefulInterrupt(L.Callback):
 
     def _restore(self) -> None:
         self._stopping = False
+        logging.getLogger(SIGNAL_LOGGER).removeFilter(_CTRL_C_IS_NOT_SIGTERM)
+        logging.getLogger(NOTES_LOGGER).removeFilter(_SAVED_ON_STOP)
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         if self._previous_sigterm is not None:
@@ -195,6 +223,7 @@ class GracefulInterrupt(L.Callback):
             self._restore()
             raise KeyboardInterrupt
         self.signal_name = "SIGINT"
+        logging.getLogger(SIGNAL_LOGGER).addFilter(_CTRL_C_IS_NOT_SIGTERM)  # the user pressed Ctrl-C
         signal.raise_signal(signal.SIGTERM)  # Lightning stops after the batch in flight
         print(
             f"\nCtrl-C: {self._notice} (Ctrl-C again to abort).",

@@ -584,6 +584,7 @@ def test_second_ctrl_c_while_the_stop_is_saved_exits_130(run_args: list[str], tm
             proc.kill()
             proc.communicate()
     assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    assert not [line for line in seen if "SIGTERM" in line]  # the user pressed Ctrl-C: nothing says SIGTERM
     held = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     lines = rest.strip().splitlines()
     assert len(lines) == 1, lines
