@@ -28,7 +28,7 @@ from torchvision import transforms
 
 from lit_mnist.augment import RandomAffine
 from lit_mnist.config import check_count_or_fraction
-from lit_mnist.errors import ConfigError, DataError
+from lit_mnist.errors import ConfigError, DataError, UsageError
 from lit_mnist.groups import check_steps_per_batch
 from lit_mnist.loader import InMemoryBatchLoader
 
@@ -49,8 +49,18 @@ LOADERS: tuple[str, ...] = get_args(Loader)
 
 
 def default_data_dir() -> str:
-    """The data folder used when none is given: ``$LIT_MNIST_DATA_DIR``, else ``./data``."""
-    return os.environ.get(DATA_DIR_ENV) or "data"
+    """The data folder used when none is given: ``$LIT_MNIST_DATA_DIR``, else ``./data``.
+
+    Raises:
+        UsageError: one line naming the variable when it names a file, not a folder.
+    """
+    value = os.environ.get(DATA_DIR_ENV)
+    if value and os.path.exists(value) and not os.path.isdir(value):
+        raise UsageError(
+            f"the environment variable {DATA_DIR_ENV}={value} names a file, not a folder; point it at the folder "
+            "holding <Dataset>/raw (it may be empty), or pass --data-dir"
+        )
+    return value or "data"
 
 
 class TensorImageDataset(Dataset):

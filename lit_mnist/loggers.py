@@ -119,6 +119,10 @@ def check_installed(names: Sequence[str]) -> None:
                 ) from None
 
 
+#: The values W&B takes for WANDB_MODE.
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
 def check_reachable(names: Sequence[str], mlflow_tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Before training: the MLflow server answers, and W&B online has an API key; else :class:`UsageError`.
 
@@ -144,6 +148,12 @@ def check_reachable(names: Sequence[str], mlflow_tracking_uri: str | None, timeo
                 "MLflow server (mlflow server --port 5000) or fix the URI, or leave the flag out for a local "
                 "store in --log-dir"
             ) from None
+    mode = os.environ.get("WANDB_MODE")
+    if "wandb" in names and mode is not None and mode not in WANDB_MODES:
+        raise UsageError(
+            f"the environment variable WANDB_MODE={mode!r} is not a W&B mode; set it to one of "
+            f"{', '.join(WANDB_MODES)}, or unset it to log offline"
+        )
     if "wandb" in names and not wandb_offline() and not wandb_api_key_configured():
         raise UsageError(
             "--logger wandb with WANDB_MODE=online needs a W&B API key and none is set (WANDB_API_KEY, or the "

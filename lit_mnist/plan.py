@@ -22,7 +22,7 @@ from lit_mnist.loggers import check_installed
 from lit_mnist.runtime import THREADS_ENV, check_accelerator, cpu_share, env_threads
 
 __all__ = [
-    "check_machine", "groups_ruled_out", "launched_across_machines", "plan_step_groups", "set_threads", "world_size",
+    "check_launcher_variables", "check_machine", "groups_ruled_out", "launched_across_machines", "plan_step_groups", "set_threads", "world_size",
 ]  # fmt: skip
 
 
@@ -61,6 +61,24 @@ def launched_across_machines() -> bool:
     return "NODE_RANK" in os.environ or ("MASTER_ADDR" in os.environ and "RANK" in os.environ)
 
 
+#: The variables a launcher (torchrun, SLURM, by hand) sets for each process: whole numbers >= 0.
+LAUNCHER_VARIABLES = ("NODE_RANK", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def check_launcher_variables() -> None:
+    """Refuse a launcher's variable that is not a whole number: Lightning reads them as ``int``.
+
+    Raises:
+        UsageError: one line naming the variable.
+    """
+    for name in LAUNCHER_VARIABLES:
+        if (value := os.environ.get(name)) is not None and not value.strip().isdigit():
+            raise UsageError(
+                f"the environment variable {name}={value!r} must be a whole number >= 0 (a launcher sets it for "
+                "each process); unset it, or set it as the README's 'Scale out' shows"
+            )
+
+
 def check_machine(cfg: RunConfig) -> None:
     """Check what depends on this machine and its environment, before anything is built.
 
@@ -82,6 +100,7 @@ def check_machine(cfg: RunConfig) -> None:
             "would wait for the others for ever; start it on each machine as the README's 'Several devices and "
             "nodes' shows, or leave --num-nodes at 1 on one machine"
         )
+    check_launcher_variables()
     check_accelerator(cfg.accelerator)
     check_installed(cfg.logger)
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
