@@ -170,3 +170,27 @@ def test_train_raises_typed_errors_and_never_exits(run_config: RunConfig, tmp_pa
         lm.train(missing)
     with pytest.raises(lm.errors.DataError):
         lm.train(dataclasses.replace(run_config, data_dir=str(tmp_path / "empty"), download=False))
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--config", "{bad}"], "train.py: error: --config {bad}: lr must be > 0, got -1.0"),
+        (["--config={bad}"], "train.py: error: --config {bad}: lr must be > 0, got -1.0"),
+        (["--config", "{bad}", "--lr", "-2"], "train.py: error: --lr must be > 0, got -2.0"),
+        (["--lr", "-2", "--config", "{bad}"], "train.py: error: --config {bad}: lr must be > 0, got -1.0"),
+        (["--config", "{bad}", "--config", "{good}"], "train.py: error: --max-epochs must be >= 1, got 0"),
+    ],
+)
+def test_a_bad_value_names_where_it_came_from(
+    args: list[str], line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, good = tmp_path / "bad.yaml", tmp_path / "good.yaml"
+    bad.write_text("lr: -1\n")
+    good.write_text("lr: 0.1\n")
+    paths = {"bad": str(bad), "good": str(good)}
+    extra = ["--max-epochs", "0"] if args[-1] == "{good}" else []
+    with pytest.raises(SystemExit) as exit_:
+        parse_run([*(a.format(**paths) for a in args), *extra])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == line.format(**paths)

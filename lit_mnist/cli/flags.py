@@ -92,7 +92,31 @@ def parse_run(
     try:
         return config_from(namespace)
     except ConfigError as err:
-        usage_exit(prog, f"{err.flag} {err.message}")
+        usage_exit(prog, config_error(err, list(sys.argv[1:] if argv is None else argv)))
+
+
+def config_error(err: ConfigError, args: Sequence[str]) -> str:
+    """``err`` as one line naming where its value came from: the flag, or the ``--config`` file that gave it
+    last (``--config run.yaml: lr must be > 0, got -1``); the flag when neither says (a default, a recipe)."""
+    source = err.flag
+    names = {err.key, err.key.replace("_", "-")}
+    for i, arg in enumerate(args):
+        if arg == err.flag or arg.startswith(err.flag + "="):
+            source = err.flag
+        elif (arg == "--config" and i + 1 < len(args)) or arg.startswith("--config="):
+            path = args[i + 1] if arg == "--config" else arg.split("=", 1)[1]
+            if names & _keys_of(path):
+                source = f"--config {path}: {err.key}"
+    return f"{source} {err.message}"
+
+
+def _keys_of(path: str) -> set[str]:
+    """The top-level keys of a config file (empty when it cannot be read: the parser said so already)."""
+    try:
+        loaded = strict_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, YamlRefused, yaml.YAMLError):
+        return set()
+    return {str(k) for k in loaded} if isinstance(loaded, dict) else set()
 
 
 def parse_namespace(argv: Sequence[str] | None, prog: str, parser: ArgumentParser | None = None) -> Namespace:
