@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from lit_mnist.data import TensorDataModule, TensorImageDataset
     from lit_mnist.errors import ConfigError
     from lit_mnist.folder import ImageFolderDataModule
+    from lit_mnist.folds import FoldsResult, cross_validate
     from lit_mnist.groups import OptimizerStepAxis, StepGroups, StepProgressBar
     from lit_mnist.loggers import MonitoringTensorBoardLogger
     from lit_mnist.mnist import FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
@@ -29,6 +30,8 @@ EXPORTS: dict[str, str] = {
     "RunConfig": "lit_mnist.config",
     "RunResult": "lit_mnist.run",
     "train": "lit_mnist.run",
+    "cross_validate": "lit_mnist.folds",
+    "FoldsResult": "lit_mnist.folds",
     "ConfigError": "lit_mnist.errors",
     "RandomAffine": "lit_mnist.augment",
     "EpochSpeed": "lit_mnist.callbacks",
@@ -59,6 +62,7 @@ __all__ = [
     "ConfigError",
     "EpochSpeed",
     "FashionMNISTDataModule",
+    "FoldsResult",
     "GracefulInterrupt",
     "ImageFolderDataModule",
     "KMNISTDataModule",
@@ -78,6 +82,7 @@ __all__ = [
     "TensorDataModule",
     "TensorImageDataset",
     "TrainingCurves",
+    "cross_validate",
     "train",
 ]
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_mnist.config import check_augmentation
+from lit_mnist.ranges import check_augmentation
 
 __all__ = ["RandomAffine"]
 

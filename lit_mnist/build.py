@@ -17,6 +17,7 @@ from lit_mnist.checkpoints import AtomicCheckpointIO, DatasetRecord
 from lit_mnist.config import RunConfig, parse_devices
 from lit_mnist.data import TensorDataModule
 from lit_mnist.datasets import DATASETS
+from lit_mnist.environment import EnvironmentRecord
 from lit_mnist.groups import StepGroupPlan, StepGroups, StepProgressBar
 from lit_mnist.module import MNISTClassifier
 from lit_mnist.plan import groups_ruled_out, plan_step_groups
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 DATA_SETTINGS = (
     "data_dir", "batch_size", "num_workers", "val_size", "loader", "download",
     "augment_degrees", "augment_translate", "augment_scale", "image_size", "color", "test_size", "skip_bad_images",
+    "folds", "fold",
 )  # fmt: skip
 MODEL_SETTINGS = (
     "model", "hidden_sizes", "dropout", "cnn_channels", "cnn_kernel_sizes", "cnn_padding", "cnn_hidden_size",
@@ -97,13 +99,16 @@ def build_callbacks(cfg: RunConfig, run_dir: Path, plan: StepGroupPlan) -> list[
     from lit_mnist.callbacks import EpochSpeed, ParameterHistograms, PredictionImages, TrainingCurves
 
     checkpoints = run_dir / "checkpoints"
+    validates = cfg.val_size != 0  # --val-size 0: no validation images, and the best is the newest epoch's
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
-            dirpath=checkpoints, filename="epoch{epoch:02d}-val_acc{val/acc:.4f}", monitor="val/acc", mode="max",
-            save_top_k=cfg.save_top_k, auto_insert_metric_name=False,
+            dirpath=checkpoints, filename="epoch{epoch:02d}" + ("-val_acc{val/acc:.4f}" if validates else ""),
+            monitor="val/acc" if validates else None, mode="max",
+            save_top_k=cfg.save_top_k if validates else min(cfg.save_top_k, 1), auto_insert_metric_name=False,
         ),
         LastCheckpoint(checkpoints),
         DatasetRecord(cfg.dataset),  # the datamodule's dataset_record(): classes, normalisation, shape
+        EnvironmentRecord(),  # versions, machine, commit, command: environment.json and every checkpoint
         GracefulInterrupt(),
         NonFiniteLossGuard(),
     ]  # fmt: skip
@@ -143,6 +148,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, version: int | None, plan: Step
         for stage in ("train", "val", "test")
         if getattr(cfg, f"limit_{stage}_batches") is not None
     }
+    if cfg.val_size == 0:  # no validation images: Lightning skips validation and its sanity check
+        limits["limit_val_batches"] = 0
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=parse_devices(cfg.devices),

@@ -3,7 +3,8 @@
 * :class:`EpochSpeed` -- ``perf/epoch_time_s``, ``perf/val_time_s`` and ``perf/train_samples_per_s``
   once per training epoch (any logger).
 * :class:`PredictionImages` -- each validation epoch: ``val/predictions`` (the first validation images
-  captioned with predicted and true label), ``val/misclassified`` and ``val/confusion_matrix``; after
+  captioned with predicted and true class: the index, and the name beside it where the names say more),
+  ``val/misclassified`` and ``val/confusion_matrix`` (its axes named the same way); after
   testing: ``test/confusion_matrix`` and ``confusion_matrix.png`` in the run's folder.
 * :class:`TrainingCurves` -- ``curves.png`` (loss and accuracy per epoch, train and validation) in the
   run's folder at the end of ``fit``; its history travels in checkpoints, so a resumed run draws all epochs.
@@ -114,10 +115,18 @@ def _preds(outputs: Any) -> Tensor | None:
 def _grid(
     kept: Sequence[Tensor], count: int | None, datamodule: Any, title: str, cells: int | None = None
 ) -> np.ndarray:
-    """The grid figure of the first ``count`` (all: ``None``) of kept ``(images, preds, targets, ...)``."""
+    """The grid figure of the first ``count`` (all: ``None``) of kept ``(images, preds, targets, ...)``,
+    captioned with the datamodule's class names beside the indices."""
     x, p, y = (t[:count].cpu() for t in kept[:3])
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    return grid_figure(display_images(x, mean, std), p.tolist(), y.tolist(), title, cells=cells)
+    names = _class_names(datamodule)
+    return grid_figure(display_images(x, mean, std), p.tolist(), y.tolist(), title, cells, names)
+
+
+def _class_names(datamodule: Any) -> list[str] | None:
+    """The datamodule's class names (:attr:`~lit_mnist.data.TensorDataModule.class_names`), if it has them."""
+    names = getattr(datamodule, "class_names", None)
+    return [str(n) for n in names] if isinstance(names, list | tuple) else None
 
 
 def _now(trainer: L.Trainer) -> float:
@@ -347,7 +356,9 @@ class PredictionImages(L.Callback):
                 figures["val/misclassified"] = _grid(
                     self._wrong, count, datamodule, title, self.num_misclassified
                 )
-            figures["val/confusion_matrix"] = confusion_matrix_figure(counts, f"validation, epoch {epoch}")
+            figures["val/confusion_matrix"] = confusion_matrix_figure(
+                counts, f"validation, epoch {epoch}", _class_names(datamodule)
+            )
             for tag, image in figures.items():
                 add_png(logger.experiment, tag, image, epoch_end_step(trainer))
         self._first = self._wrong = None
@@ -358,7 +369,7 @@ class PredictionImages(L.Callback):
         counts = self._matrix_counts()
         if not trainer.is_global_zero or counts is None:
             return
-        image = confusion_matrix_figure(counts, "test")
+        image = confusion_matrix_figure(counts, "test", _class_names(getattr(trainer, "datamodule", None)))
         if (logger := tensorboard_logger(trainer)) is not None:
             add_png(logger.experiment, "test/confusion_matrix", image, epoch_end_step(trainer))
         if (folder := _run_folder(trainer, self.dirpath)) is not None:

@@ -19,17 +19,21 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_mnist.datachange import class_change, data_change
 from lit_mnist.errors import CheckpointError, CheckpointWriteError
 from lit_mnist.groups import resume_mismatch
 from lit_mnist.module import MNISTClassifier
-from lit_mnist.runtime import first_line, write_durable
+from lit_mnist.runtime import first_line, printable, write_durable
+
+if TYPE_CHECKING:
+    from lit_mnist.data import TensorDataModule
 
 __all__ = [
     "CONFIG_NAME",
@@ -56,11 +60,13 @@ RUN_DEFINING = (
 
 class DatasetRecord(L.Callback):
     """Writes the dataset into every checkpoint (``checkpoint["lit_mnist_data"]``): its ``--dataset``
-    name, class names, normalisation, number of classes and image shape.
+    name, class names, normalisation, number of classes, image shape and the fingerprint of its files
+    (:meth:`lit_mnist.data.TensorDataModule.fingerprint`).
 
     The datamodule's hyperparameters (saved by Lightning) say where the files were and how they were
-    batched, not which dataset they were: with this record, a resume with another ``--dataset`` is
-    refused (:func:`check_resumable`), and evaluate, predict and export use the checkpoint's dataset.
+    batched, not which dataset they were: with this record, a resume with another ``--dataset`` or other
+    classes is refused and one on other files is said (:func:`check_resumable`), and evaluate, predict and
+    export use the checkpoint's dataset (evaluate says how the data it is given differ).
 
     Args:
         dataset: The ``--dataset`` name (``mnist``, ``fashion-mnist``, ``kmnist``, ``folder``).
@@ -194,7 +200,7 @@ class LoadedCheckpoint:
         dataset: The ``--dataset`` recorded in the checkpoint (:class:`DatasetRecord`), or ``None``
             (a checkpoint written before lit_mnist recorded it).
         data_record: The whole record (class names, ``mean``, ``std``, ``num_classes``,
-            ``image_shape``), or empty.
+            ``image_shape``, ``fingerprint``), or empty.
     """
 
     path: Path
@@ -284,27 +290,33 @@ def _applies(key: str, model: object) -> bool:
     return True
 
 
-def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
+def check_resumable(
+    path: str | Path, model: MNISTClassifier, datamodule: TensorDataModule | None = None
+) -> str | None:
     """Check that training can resume ``model`` from ``path``: a readable checkpoint of the same model
     and optimizer (:data:`RUN_DEFINING`) and shapes, written with the model's group size
-    (``steps_per_batch``). The dataset: :func:`check_dataset`.
+    (``steps_per_batch``), and, given the run's ``datamodule``, of the same classes (names and order).
+    The dataset's name: :func:`check_dataset`.
+
+    Returns:
+        One line saying how ``datamodule``'s files differ from those the checkpoint was trained on when
+        its classes are the same (images added or removed: the run may resume, and should say so), else
+        ``None``.
 
     Raises:
-        CheckpointError: what :func:`read_checkpoint` raises, the flag that differs, the first parameter
-            whose shape differs from ``model``'s, or the group sizes that differ.
+        CheckpointError: what :func:`read_checkpoint` raises, the classes that changed, the flag that
+            differs, the first parameter whose shape differs from ``model``'s, or the group sizes that differ.
     """
     raw = read_checkpoint(path)
+    record = raw[DATA_KEY] if isinstance(raw.get(DATA_KEY), dict) else {}
+    note = _resumable_data(path, record, datamodule) if datamodule is not None else None
     saved_hparams = raw.get("hyper_parameters")
     if isinstance(saved_hparams, dict):
         for key in RUN_DEFINING:
             if not _applies(key, saved_hparams.get("model")):
                 continue
             if key in saved_hparams and _defining(key, saved_hparams) != _defining(key, model.hparams):
-                raise CheckpointError(
-                    f"{path} was written with --{key.replace('_', '-')} {_shown(saved_hparams[key])} and this "
-                    f"run asks for {_shown(model.hparams.get(key))}; resume it with the flags it was started "
-                    f"with (see its run's {CONFIG_NAME}: --config)"
-                )
+                raise CheckpointError(_other_hparam(path, key, saved_hparams[key], model.hparams.get(key)))
     if "optimizer_states" not in raw or "loops" not in raw:  # ModelCheckpoint(save_weights_only=True)
         raise CheckpointError(
             f"{path} holds the weights only (no optimizer state or training progress, as a checkpoint saved "
@@ -318,6 +330,52 @@ def check_resumable(path: str | Path, model: MNISTClassifier) -> None:
             f"{path} holds another model shape (first difference: {wrong}); pass the flags it was trained "
             f"with (see its run's {CONFIG_NAME}: --config)"
         )
+    return note
+
+
+def _other_hparam(path: str | Path, key: str, saved: Any, asked: Any) -> str:
+    """Why a checkpoint written with another ``key`` cannot be resumed, and what to do, in one line."""
+    if key == "num_classes":  # no flag sets it: it is the data's
+        return (
+            f"{path} holds a model of {saved} classes and this run's data has {asked}; resume it on the data "
+            f"it was trained on (see its run's {CONFIG_NAME}: --config), or start a new run without --ckpt-path"
+        )
+    if key == "input_shape":  # the data's too: --image-size and --color of a folder dataset
+        return (
+            f"{path} holds a model of {_shown(saved)} (C H W) images and this run's data gives {_shown(asked)}; "
+            f"resume it on the data and with the --image-size and --color it was trained with (see its run's "
+            f"{CONFIG_NAME}: --config), or start a new run without --ckpt-path"
+        )
+    return (
+        f"{path} was written with --{key.replace('_', '-')} {_shown(saved)} and this run asks for {_shown(asked)}; "
+        f"resume it with the flags it was started with (see its run's {CONFIG_NAME}: --config)"
+    )
+
+
+# --------------------------------------------------------------------------- the data a checkpoint was trained on
+def _resumable_data(path: str | Path, record: Mapping[str, Any], datamodule: TensorDataModule) -> str | None:
+    """Refuse other classes than the checkpoint's (:func:`class_change`); say how other files of the same
+    classes differ (:func:`data_change`)."""
+    where = _data_place(datamodule)
+    saved = record.get("classes")
+    folders = record.get("dataset") == "folder"
+    if isinstance(saved, list) and (change := class_change(saved, datamodule.class_names, folders)):
+        rule = "its place among the sorted class folder names" if folders else "its index"
+        raise CheckpointError(
+            f"{path} was trained on other classes than {where} holds: {change}; resumed, images would train "
+            f"under another class's label (a class is {rule}): "
+            f"{'name the folders as they were' if folders else 'resume on the data it was trained on'}, "
+            "or start a new run without --ckpt-path"
+        )
+    if change := data_change(record.get("fingerprint"), datamodule.fingerprint()):
+        return f"{where} holds other files than {path} was trained on ({change}); training resumes on them"
+    return None
+
+
+def _data_place(datamodule: Any) -> str:
+    """Where a datamodule's files are, for a message: ``--data-dir X``, else its class's name."""
+    data_dir = getattr(datamodule, "data_dir", None)
+    return f"--data-dir {printable(str(data_dir))}" if data_dir else type(datamodule).__name__
 
 
 def _plain(value: Any) -> Any:

@@ -19,19 +19,22 @@ import numbers
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lit_mnist.errors import ConfigError
+from lit_mnist.ranges import (
+    check_augmentation,
+    check_count_or_fraction,
+    check_limits,
+    check_optimizer_settings,
+)
 
 __all__ = [
     "BATCH_SIZE_AUTO_MAX",
     "GROUPS",
     "RunConfig",
-    "check_augmentation",
-    "check_count_or_fraction",
-    "check_optimizer_settings",
     "parse_devices",
 ]
 
@@ -84,7 +87,10 @@ class RunConfig:
     data_dir: str | None = _setting(_DATA, None, "Folder holding <Dataset>/raw, or the image folder (default: $LIT_MNIST_DATA_DIR, else ./data).")
     batch_size: int | Literal["auto"] = _setting(_DATA, 64, "Samples per batch, per device; auto: the largest that fits a CUDA GPU (Lightning's batch-size finder).")
     num_workers: int = _setting(_DATA, 0, "DataLoader worker processes (only with --loader torchvision).")
-    val_size: int | float | None = _setting(_DATA, None, "Training images held out for validation: a count or a fraction (default: 5000; folder: 0.1).")
+    val_size: int | float | None = _setting(_DATA, None, "Training images held out for validation: a count or a fraction (default: 5000; folder: 0.1); 0: none, the test takes the last epoch's weights.")
+    folds: int = _setting(_DATA, 0, "Cross-validate: K runs, each validating on another of K stratified folds of the training images, then a final model (0: one run, validating on the --val-size images).")
+    fold: int | None = _setting(_DATA, None, "Train only this fold of --folds K (0 to K-1): one run validating on that fold.")
+    folds_final: bool = _setting(_DATA, True, "After the folds, train a final model on all the training images with the same settings and test it.")
     loader: Loader = _setting(_DATA, "memory", "memory: each split once as a tensor on the device (fast); torchvision: per-sample DataLoader.")
     steps_per_batch: int = _setting(_DATA, 10, "Optimizer steps per batch Lightning sees (step groups): same steps and weights as 1, less overhead; lowered to divide the step counts, 1 where a setting rules groups out (the run says which).")
     download: bool = _setting(_DATA, True, "Download the raw files with torchvision when they are missing.")
@@ -249,63 +255,10 @@ def _at_least(minimum: int, *names: str) -> Any:
     return check
 
 
-def check_count_or_fraction(name: str, value: Any, closed: bool = False) -> None:
-    """``value`` is a count (an int >= 1, or >= 0 when ``closed``) or a fraction in (0, 1) (``[0, 1]``).
-
-    The one check of such settings, for RunConfig and the datamodules' constructors.
-
-    Raises:
-        ConfigError: naming ``name``.
-    """
-    low, fraction = (0, 0 <= value <= 1) if closed else (1, 0 < value < 1)
-    if isinstance(value, bool) or not (
-        (isinstance(value, int) and value >= low) or (isinstance(value, float) and fraction)
-    ):
-        bounds = "[0, 1]" if closed else "(0, 1)"
-        raise ConfigError(name, f"must be a count >= {low} or a fraction in {bounds}, got {value}")
-
-
-def check_augmentation(degrees: float, translate: float, scale: float) -> None:
-    """The ranges of the augmentation settings, for RunConfig and :class:`~lit_mnist.augment.RandomAffine`."""
-    if not (math.isfinite(degrees) and 0 <= degrees <= 180):
-        raise ConfigError("augment_degrees", f"must be in [0, 180] (degrees), got {degrees}")
-    if not (math.isfinite(translate) and 0 <= translate < 1):
-        raise ConfigError("augment_translate", f"must be in [0, 1) (a fraction of the size), got {translate}")
-    if not (math.isfinite(scale) and 0 <= scale < 1):
-        raise ConfigError("augment_scale", f"must be in [0, 1) (a relative zoom), got {scale}")
-
-
-def check_optimizer_settings(
-    optimizer: str, lr: float, momentum: float, betas: Sequence[float], nesterov: bool, weight_decay: float,
-    step_size: int, gamma: float, label_smoothing: float,
-) -> None:  # fmt: skip
-    """The ranges of the optimizer's and schedule's settings, for RunConfig and the LightningModule.
-
-    Raises:
-        ConfigError: naming the first invalid setting.
-    """
-    if not lr > 0:
-        raise ConfigError("lr", f"must be > 0, got {lr}")
-    if momentum < 0:
-        raise ConfigError("momentum", f"must be >= 0, got {momentum}")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ConfigError("betas", f"must be two numbers in [0, 1), e.g. 0.9 0.999; got {list(betas)}")
-    if nesterov and (optimizer != "sgd" or momentum <= 0):
-        raise ConfigError("nesterov", "needs --optimizer sgd and --momentum > 0")
-    if weight_decay < 0:
-        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
-    if step_size < 1:
-        raise ConfigError("step_size", f"must be >= 1, got {step_size}")
-    if not 0 < gamma <= 1:
-        raise ConfigError("gamma", f"must be in (0, 1], got {gamma}")
-    if not 0 <= label_smoothing < 1:
-        raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing}")
-
-
 def _check_data(cfg: RunConfig) -> None:
     if cfg.batch_size != "auto" and cfg.batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {cfg.batch_size}")
-    if cfg.val_size is not None:
+    if cfg.val_size not in (None, 0):  # 0: no validation images
         check_count_or_fraction("val_size", cfg.val_size)
     check_count_or_fraction("test_size", cfg.test_size)
     for stage in ("train", "val", "test"):
@@ -417,46 +370,6 @@ def _check_trainer(cfg: RunConfig) -> None:
         raise ConfigError("logger", "must name at least one logger: tensorboard, csv, mlflow or wandb")
 
 
-#: The largest count or size a setting takes: torch, OpenMP and NumPy read them as C ints.
-INT_MAX = 2**31 - 1
-#: Lightning's seed_everything takes NumPy's seeds: unsigned 32-bit integers.
-SEED_MAX = 2**32 - 1
-#: The largest --image-size: a network's input grows with its square (an MLP's first layer on 1024 x 1024 RGB
-#: images already holds 400 million weights).
-IMAGE_SIZE_MAX = 1024
-#: The most threads one process may ask for (OpenMP starts them all).
-THREADS_MAX = 1024
-#: The longest experiment name MLflow stores.
-MLFLOW_EXPERIMENT_MAX = 500
-
-
-def _check_limits(cfg: RunConfig) -> None:
-    """Numbers the libraries below would refuse with a traceback, or take without a word and fail later."""
-    if not 0 <= cfg.seed <= SEED_MAX:
-        raise ConfigError(
-            "seed", f"must be in [0, {SEED_MAX}] (Lightning seeds NumPy with it), got {cfg.seed}"
-        )
-    for name, limit in (("image_size", IMAGE_SIZE_MAX), ("threads", THREADS_MAX)):
-        if (value := getattr(cfg, name)) is not None and value > limit:
-            raise ConfigError(name, f"must be at most {limit}, got {value}")
-    for f in dataclasses.fields(cfg):
-        values = getattr(cfg, f.name)
-        for value in values if isinstance(values, tuple) else (values,):
-            if (
-                f.name != "seed"
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-                and abs(value) > INT_MAX
-            ):
-                raise ConfigError(f.name, f"must be at most {INT_MAX}, got {value}")
-    if not cfg.mlflow_experiment.strip() or len(cfg.mlflow_experiment) > MLFLOW_EXPERIMENT_MAX:
-        raise ConfigError(
-            "mlflow_experiment",
-            f"must be a name of 1 to {MLFLOW_EXPERIMENT_MAX} characters (MLflow's limit), "
-            f"got {len(cfg.mlflow_experiment)}: {cfg.mlflow_experiment[:40]!r}",
-        )
-
-
 def _check_recipe(cfg: RunConfig) -> None:
     from lit_mnist.recipes import RECIPES
 
@@ -484,6 +397,42 @@ def _check_finders(cfg: RunConfig) -> None:
         )
 
 
+def _check_folds(cfg: RunConfig) -> None:
+    """A cross-validation's settings: K >= 2 folds, a fold inside them, what each of its runs can take."""
+    if cfg.folds < 0 or cfg.folds == 1:
+        raise ConfigError("folds", f"must be 0 (one run) or a number of folds >= 2, got {cfg.folds}")
+    if cfg.fold is not None and not cfg.folds:
+        raise ConfigError("fold", "picks one fold of a cross-validation: give --folds K (K >= 2) with it")
+    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
+        raise ConfigError("fold", f"must be from 0 to {cfg.folds - 1} (--folds {cfg.folds}), got {cfg.fold}")
+    if cfg.val_size == 0 and cfg.early_stopping_patience is not None:
+        raise ConfigError(
+            "early_stopping_patience", "watches val/acc, and --val-size 0 holds out no validation images"
+        )
+    if not cfg.folds:
+        return
+    if cfg.val_size is not None:
+        raise ConfigError(
+            "val_size",
+            f"is chosen by --folds: each fold validates on 1/{cfg.folds} of the training images; leave it out",
+        )
+    if cfg.fold is not None:
+        return  # one fold's run: an ordinary run on that fold's split
+    refused = (
+        ("ckpt_path", cfg.ckpt_path is not None, "resumes one run; a cross-validation goes on where it stopped when the same command runs again"),
+        ("batch_size", cfg.batch_size == "auto", "auto would search each fold's own; run the finder once without --folds and give its value"),
+        ("lr", cfg.lr == "auto", "auto would search each fold's own; run the finder once without --folds and give its value"),
+        ("lr_find", cfg.lr_find, "would search each fold's own rate; run it once without --folds and give --lr its value"),
+        ("fast_dev_run", bool(cfg.fast_dev_run), "writes no run folders; try one fold of it instead (--fold 0)"),
+        ("limit_val_batches", cfg.limit_val_batches == 0, "0 leaves the folds nothing to validate"),
+        ("early_stopping_patience", cfg.early_stopping_patience is not None and cfg.folds_final,
+         "stops on val/acc, and the final model trains on all the training images with none; add --no-folds-final"),
+    )  # fmt: skip
+    for name, given, why in refused:
+        if given:
+            raise ConfigError(name, f"with --folds: {why}")
+
+
 _CHECKS = (
     _at_least(1, "max_epochs", "num_nodes", "accumulate_grad_batches", "log_every_n_steps", "steps_per_batch",
               "early_stopping_patience", "ckpt_every_n_steps", "image_size", "threads"),
@@ -494,7 +443,8 @@ _CHECKS = (
     _check_averaging,
     _check_trainer,
     _check_finders,
-    _check_limits,
+    check_limits,
+    _check_folds,
     _check_recipe,
 )  # fmt: skip
 

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from lit_mnist.augment import RandomAffine
-from lit_mnist.config import check_count_or_fraction
 from lit_mnist.errors import ConfigError, DataError, UsageError
 from lit_mnist.groups import check_steps_per_batch
 from lit_mnist.loader import InMemoryBatchLoader
+from lit_mnist.ranges import check_count_or_fraction
+from lit_mnist.splits import split_indices
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -114,8 +115,9 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: Samples per batch (per device under DDP).
         num_workers: DataLoader worker processes (``torchvision`` loader only).
         val_size: Images of the training set held out for validation: a count (an int >= 1), or a
-            fraction of the training set (a float in (0, 1)).
-        split_seed: Seed of the train/validation split (fixed, independent of the run's seed).
+            fraction of the training set (a float in (0, 1)); 0: none (no validation split).
+        split_seed: Seed of the train/validation split and of the folds (fixed, independent of the
+            run's seed).
         loader: ``"memory"``: each split held once as a normalised tensor on the training device,
             batches by shuffled index slices; ``"torchvision"``: the classic per-sample
             ``transforms`` + ``DataLoader`` path (for augmentation).
@@ -134,6 +136,9 @@ class TensorDataModule(L.LightningDataModule):
             The three are applied per sample on whole batches on the training device
             (:class:`~lit_mnist.augment.RandomAffine`), drawn from the seed and the epoch, so a
             resumed run sees the same images. Validation and test images are never augmented.
+        folds: With ``fold``: the number K of folds of the training set (:func:`~lit_mnist.splits.stratified_folds`).
+        fold: Validate on fold ``fold`` (0 to K-1) of the K folds and train on the others, in place
+            of the ``val_size`` split. ``None``: the ``val_size`` split.
 
     Example::
 
@@ -168,13 +173,18 @@ class TensorDataModule(L.LightningDataModule):
         augment_degrees: float = 0.0,
         augment_translate: float = 0.0,
         augment_scale: float = 0.0,
+        folds: int = 0,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {num_workers}")
-        check_count_or_fraction("val_size", val_size)
+        if val_size != 0:  # 0: no validation split
+            check_count_or_fraction("val_size", val_size)
+        if fold is not None and not 0 <= fold < folds:
+            raise ConfigError("fold", f"must be from 0 to {folds - 1} (folds={folds}), got {fold}")
         if loader not in LOADERS:
             raise ConfigError("loader", f"must be one of {', '.join(LOADERS)}; got {loader!r}")
         check_steps_per_batch(steps_per_batch, loader=loader)
@@ -190,6 +200,7 @@ class TensorDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.val_size = val_size
         self.split_seed = split_seed
+        self.folds, self.fold = folds, fold
         self.loader = loader
         self.seed = seed
         self.steps_per_batch = steps_per_batch
@@ -227,20 +238,12 @@ class TensorDataModule(L.LightningDataModule):
 
         Raises:
             DataError: one line naming the source (file, folder or ``load``) and the fix.
-            ConfigError: ``val_size`` leaves no training images.
+            ConfigError: ``val_size`` leaves no training images; a class has fewer images than ``folds``.
         """
         needs_stats = self.mean is None or self.std is None
         if (stage in (None, "fit", "validate") or needs_stats) and "train" not in self._splits:
             images, labels = self._checked(*self.load(train=True), train=True)
-            n = len(labels)
-            val_size = self.val_size if isinstance(self.val_size, int) else max(1, round(n * self.val_size))
-            if val_size >= n:
-                raise ConfigError(
-                    "val_size", f"must be smaller than the {n} training images, got {self.val_size}"
-                )
-            generator = torch.Generator().manual_seed(self.split_seed)
-            perm = torch.randperm(n, generator=generator)
-            indices = {"val": perm[:val_size], "train": perm[val_size:]}
+            indices = split_indices(labels, self.val_size, self.split_seed, self.folds, self.fold)
             for split, idx in indices.items():
                 self._pixels[split] = images[idx]
             if needs_stats:
@@ -330,18 +333,32 @@ class TensorDataModule(L.LightningDataModule):
         return self._pixels[name]
 
     def dataset_record(self) -> dict[str, Any]:
-        """What a checkpoint records of the dataset: class names, normalisation, classes, image shape.
+        """What a checkpoint records of the dataset: class names, normalisation, classes, image shape, and
+        the :meth:`fingerprint` of its files when the class gives one.
 
         Plain values only (checkpoints are read with ``weights_only=True``); the normalisation is known
         after ``setup`` when the class gives none.
         """
-        return {
+        record: dict[str, Any] = {
             "classes": self.class_names,
             "mean": _plain_stat(self.mean),
             "std": _plain_stat(self.std),
             "num_classes": self.num_classes,
             "image_shape": list(self.image_shape),
         }
+        if (fingerprint := self.fingerprint()) is not None:
+            record["fingerprint"] = fingerprint
+        return record
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What tells this dataset's files from other files of the same classes (``None``: nothing does).
+
+        A subclass that reads files returns ``{"digest": str, "parts": {name: {"digest": str, ...}}}``:
+        one digest of everything, and one per part (a folder, a file) with plain counts beside it, so that
+        a resume or an evaluation on other files says which part differs and by how much
+        (:func:`lit_mnist.checkpoints.data_change`).
+        """
+        return None
 
     # ------------------------------------------------------------------- dataloaders
     def train_dataloader(self) -> Any:

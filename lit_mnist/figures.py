@@ -33,6 +33,7 @@ __all__ = [
     "GRID_SCALE",
     "GRID_TITLE_PX",
     "add_png",
+    "class_labels",
     "confusion_matrix_figure",
     "curves_figure",
     "display_images",
@@ -117,10 +118,41 @@ def _font(size_px: int, bold: bool = False) -> Any:
 _GREEN, _RED, _GRAY = (44, 160, 44), (214, 39, 40), (127, 127, 127)
 
 
+def class_labels(class_names: Sequence[str] | None, n: int) -> list[str] | None:
+    """How a figure names ``n`` classes: ``None`` (by index alone) when the names say no more than the index
+    (``"3"``, MNIST's ``"3 - three"``), else ``"3 cat"`` for each: the index and, beside it, the name, escaped
+    (a class folder's name may hold control characters, :func:`lit_mnist.runtime.printable`)."""
+    from lit_mnist.runtime import printable
+
+    if not class_names or len(class_names) != n:
+        return None
+    names = [str(name) for name in class_names]
+    if all(name == str(i) or name.startswith(f"{i} ") for i, name in enumerate(names)):
+        return None
+    return [f"{i} {printable(name)}" for i, name in enumerate(names)]
+
+
+def _fitted(text: str, font: Any, width: float) -> str:
+    """``text``, cut with an ellipsis to at most ``width`` pixels in ``font``."""
+    if font.getlength(text) <= width:
+        return text
+    while len(text) > 1 and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def grid_figure(
-    images: np.ndarray, preds: Sequence[int], targets: Sequence[int], title: str, cells: int | None = None
+    images: np.ndarray,
+    preds: Sequence[int],
+    targets: Sequence[int],
+    title: str,
+    cells: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """A grid of images, each captioned ``pred P / true T`` (green when right, red and bold when wrong).
+
+    With ``class_names`` that say more than the index (:func:`class_labels`), each caption is two lines,
+    ``pred 2 cat`` over ``true 1 dog``, a name cut to the cell's width.
 
     ``images`` are ``(N, H, W)`` or ``(N, H, W, 3)`` in ``[0, 1]``; the result is an RGB uint8 array
     of :func:`grid_size_px`. ``cells`` fixes the grid's size (empty cells stay blank), so the image
@@ -147,14 +179,21 @@ def grid_figure(
     canvas.paste(scaled, (0, GRID_TITLE_PX))
     draw = ImageDraw.Draw(canvas)
     draw.text((width / 2, GRID_TITLE_PX / 2), title, fill="black", font=_font(15), anchor="mm")
+    labels = class_labels(class_names, len(class_names or ()))
     for i in range(min(len(images), cells)):
         right = int(preds[i]) == int(targets[i])
-        center = (
-            ((i % cols) + 0.5) * cell_w * GRID_SCALE,
-            GRID_TITLE_PX + ((i // cols) * cell_h + caption * 0.55) * GRID_SCALE,
-        )
-        text = f"pred {int(preds[i])} / true {int(targets[i])}"
-        draw.text(center, text, fill=_GREEN if right else _RED, font=_font(10, bold=not right), anchor="mm")
+        x = ((i % cols) + 0.5) * cell_w * GRID_SCALE
+        top = GRID_TITLE_PX + (i // cols) * cell_h * GRID_SCALE
+        color, font = _GREEN if right else _RED, _font(10, bold=not right)
+        if labels is None:
+            text = f"pred {int(preds[i])} / true {int(targets[i])}"
+            draw.text((x, top + caption * 0.55 * GRID_SCALE), text, fill=color, font=font, anchor="mm")
+            continue
+        for line, (word, k) in enumerate((("pred", int(preds[i])), ("true", int(targets[i])))):
+            name = labels[k] if k < len(labels) else str(k)
+            text = _fitted(f"{word} {name}", font, cell_w * GRID_SCALE - 4)
+            y = top + caption * (0.3 + 0.42 * line) * GRID_SCALE
+            draw.text((x, y), text, fill=color, font=font, anchor="mm")
     if len(images) == 0:
         draw.text((width / 2, (height + GRID_TITLE_PX) / 2), "none", fill=_GRAY, font=_font(18), anchor="mm")
     return np.asarray(canvas)
@@ -171,20 +210,35 @@ def _cm_norm() -> Any:
     return PowerNorm(gamma=0.4, vmin=0.0, vmax=1.0)
 
 
+#: Longest class label (index and name) on a confusion matrix's axes; a longer one is cut with an ellipsis.
+_CM_LABEL_CHARS = 16
+
+
 @functools.cache
-def _confusion_frame(n: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The constant part of a confusion matrix figure, drawn once per class count by matplotlib.
+def _confusion_frame(
+    n: int, labels: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The constant part of a confusion matrix figure, drawn once per class count (and names) by matplotlib.
 
     Returns the RGB image (axes, ticks, labels, colour bar) and the matrix area's pixel box
     ``(left, top, right, bottom)``; the cells, counts and title are painted into a copy each time.
+    ``labels``: each class's tick label (:func:`class_labels`); ``None``: the indices.
     """
     fig, canvas = _figure(CONFUSION_MATRIX_IN)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.09, top=0.93)
+    cut = [t if len(t) <= _CM_LABEL_CHARS else t[: _CM_LABEL_CHARS - 1] + "…" for t in labels or ()]
+    longest = max(map(len, cut), default=0)  # room for the names beside the axes (a character is ~0.06 in)
+    fig.subplots_adjust(
+        left=min(0.1 + 0.009 * longest, 0.3), right=0.98, bottom=min(0.09 + 0.0095 * longest, 0.3), top=0.93
+    )
     ax = fig.add_subplot()
     shown = ax.imshow(np.zeros((n, n)), cmap=_CM_CMAP, norm=_cm_norm())
     fig.colorbar(shown, ax=ax, label="fraction of the true class")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    if cut:  # parse_math off: a "$" in a class name is a dollar sign
+        ax.set_xticks(range(n), cut, rotation=45, ha="right", rotation_mode="anchor", parse_math=False)
+        ax.set_yticks(range(n), cut, parse_math=False)
+    else:
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     image = _render(fig, canvas)
@@ -193,8 +247,13 @@ def _confusion_frame(n: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     return image, (round(box.x0), round(height - box.y1), round(box.x1), round(height - box.y0))
 
 
-def confusion_matrix_figure(matrix: np.ndarray, title: str) -> np.ndarray:
+def confusion_matrix_figure(
+    matrix: np.ndarray, title: str, class_names: Sequence[str] | None = None
+) -> np.ndarray:
     """The confusion matrix (rows: true class, columns: predicted class) with counts in the cells.
+
+    The axes name each class by its index, with its name beside it when ``class_names`` say more than the
+    index (:func:`class_labels`; up to 20 classes, where the ticks have room).
 
     The colour is the fraction of the true class (a power scale, so that a 2% confusion shows).
     matplotlib draws the frame (axes, ticks, colour bar) once per class count; each call paints the
@@ -209,7 +268,8 @@ def confusion_matrix_figure(matrix: np.ndarray, title: str) -> np.ndarray:
     fraction = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     total = int(matrix.sum())
     accuracy = np.trace(matrix) / total if total else float("nan")
-    frame, (left, top, right, bottom) = _confusion_frame(n)
+    labels = class_labels(class_names, n) if n <= 20 else None
+    frame, (left, top, right, bottom) = _confusion_frame(n, tuple(labels) if labels else None)
     image = frame.copy()
     colors = (colormaps[_CM_CMAP](_cm_norm()(fraction))[..., :3] * 255).round().astype(np.uint8)
     xs = np.linspace(left, right, n + 1).round().astype(int)

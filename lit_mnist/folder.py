@@ -14,25 +14,30 @@ the run goes on without such files only with ``skip_bad_images``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from lit_mnist.config import check_count_or_fraction
 from lit_mnist.data import Loader, TensorDataModule, default_data_dir
 from lit_mnist.errors import ConfigError, DataError, ImageError
-from lit_mnist.images import read_grayscale, read_rgb
+from lit_mnist.images import IMAGE_FORMATS, ImageSource, read_grayscale, read_rgb
+from lit_mnist.ranges import check_count_or_fraction
+from lit_mnist.runtime import printable
 
 __all__ = [
     "COLORS",
     "Color",
     "ImageFolderDataModule",
+    "image_extensions",
     "read_image",
 ]
 
@@ -40,7 +45,7 @@ Color = Literal["grayscale", "rgb"]
 COLORS: tuple[str, ...] = get_args(Color)
 
 
-def read_image(path: str | Path, image_size: int, color: str = "grayscale") -> Tensor:
+def read_image(path: ImageSource, image_size: int, color: str = "grayscale") -> Tensor:
     """One image file as the folder dataset holds it: ``uint8`` ``(C, image_size, image_size)``.
 
     Any size and colour mode; converted to one channel (``grayscale``) or three (``rgb``), then
@@ -63,8 +68,9 @@ class ImageFolderDataModule(TensorDataModule):
 
     The classes are the sub-folders' names, sorted (``PATH/train``'s when there is one); a ``test``
     sub-folder (``PATH/test/<class>/...``) is the test set, else a seeded ``test_size`` of the images
-    is held out for it. Files are those with an image extension (torchvision's ``IMG_EXTENSIONS``),
-    searched recursively in each class folder.
+    is held out for it. Files are those with the extension of an image format ``predict`` reads
+    (:func:`image_extensions`), searched recursively in each class folder; every other file (and a
+    hidden one, or one outside the class folders) is named in a warning, one per reason, with a count.
 
     Args:
         data_dir: The folder. Defaults to ``$LIT_MNIST_DATA_DIR`` or ``./data``.
@@ -79,8 +85,8 @@ class ImageFolderDataModule(TensorDataModule):
         std: As ``mean``.
         **others: The other arguments are :class:`TensorDataModule`'s, with its defaults
             (``batch_size``, ``num_workers``, ``val_size``, ``loader``, ``seed``, ``steps_per_batch``,
-            ``augment_*``), spelled out in the signature for LightningCLI and the run config; a test
-            keeps them equal to the base's.
+            ``augment_*``, ``folds``, ``fold``), spelled out in the signature for LightningCLI and the
+            run config; a test keeps them equal to the base's.
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class ImageFolderDataModule(TensorDataModule):
         augment_degrees: float = 0.0,
         augment_translate: float = 0.0,
         augment_scale: float = 0.0,
+        folds: int = 0,
+        fold: int | None = None,
     ) -> None:
         if image_size < 1:
             raise ConfigError("image_size", f"must be >= 1, got {image_size}")
@@ -119,6 +127,8 @@ class ImageFolderDataModule(TensorDataModule):
             augment_degrees=augment_degrees,
             augment_translate=augment_translate,
             augment_scale=augment_scale,
+            folds=folds,
+            fold=fold,
         )
         self.data_dir = str(data_dir or default_data_dir())
         self.image_size = image_size
@@ -135,6 +145,10 @@ class ImageFolderDataModule(TensorDataModule):
         self.classes = tuple(self.folder_classes)
         self.num_classes = len(self.folder_classes)
         self._files: dict[bool, list[tuple[Path, int]]] | None = None
+        # each folder's files, before the split: what the fingerprint hashes
+        self._listed: dict[str, tuple[Path, list[tuple[Path, int]]]] = {}
+        self._sizes: dict[Path, int] = {}  # each image file's size, from the listing's stat
+        self._fingerprint: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------- the files
     @staticmethod
@@ -149,10 +163,13 @@ class ImageFolderDataModule(TensorDataModule):
         return train, test
 
     def _class_folders(self, root: Path) -> list[str]:
+        """The class folders of ``root``, sorted: its sub-folders but hidden ones (and, in ``--data-dir``
+        itself, ``train`` and ``test``)."""
+        split_names = ("train", "test") if root == Path(self.data_dir) else ()
         names = sorted(
             entry.name
             for entry in os.scandir(root)
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ("train", "test")
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in split_names
         )
         if not names:
             raise DataError(
@@ -162,21 +179,22 @@ class ImageFolderDataModule(TensorDataModule):
         return names
 
     def _images_of(self, root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-        files = []
+        """The image files of ``root``'s class folders with their labels (sorted by path in each class);
+        every other entry of ``root`` is named in a warning, one per reason (:func:`_warn_skipped`)."""
+        files: list[tuple[Path, int]] = []
+        skipped = _outside_classes(root, Path(self.data_dir))
         for index, name in enumerate(classes):
             folder = root / name
             if not folder.is_dir():
                 continue
-            found = sorted(
-                path
-                for path in folder.rglob("*")
-                if path.suffix.lower() in IMG_EXTENSIONS and path.is_file() and not path.name.startswith(".")
-            )
+            found = _scan(folder, skipped)
             if not found and root == self.train_root:
                 raise DataError(
-                    f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}); add some, or remove the folder"
+                    f"{folder} holds no images ({', '.join(image_extensions())}); add some, or remove the folder"
                 )
             files += [(path, index) for path in found]
+            self._sizes.update(found)
+        _warn_skipped(root, skipped)
         return files
 
     def files(self) -> dict[bool, list[tuple[Path, int]]]:
@@ -184,17 +202,21 @@ class ImageFolderDataModule(TensorDataModule):
 
         Without a ``test`` folder, the test set is a seeded draw of ``test_size`` of all the files (a
         choice of files, made before any is read: a file that cannot be read never moves the split).
+        A file with an extension of no image format ``predict`` reads (:func:`image_extensions`), a hidden
+        one, or one outside the class folders is not read: each kind is named in one warning with a count.
         """
         if self._files is None:
             train = self._images_of(self.train_root, self.folder_classes)
+            self._listed = {"training images": (self.train_root, list(train))}
             if self.test_root is not None:
                 extra = sorted(set(self._class_folders(self.test_root)) - set(self.folder_classes))
                 if extra:
                     raise DataError(
                         f"{self.test_root} holds class folders that {self.train_root} does not: "
-                        f"{', '.join(extra)}; every test class needs training images"
+                        f"{', '.join(map(printable, extra))}; every test class needs training images"
                     )
                 test = self._images_of(self.test_root, self.folder_classes)
+                self._listed["test images"] = (self.test_root, list(test))
             else:
                 n = len(train)
                 count = (
@@ -213,6 +235,33 @@ class ImageFolderDataModule(TensorDataModule):
             self._files = {True: train, False: test}
         return self._files
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The image files' relative paths and sizes, hashed: what tells these files from others.
+
+        ``{"digest": ..., "parts": {"training images": part, "test images": part}}`` (the second with a
+        ``test`` folder only); a part is ``{"digest": sha256 of its sorted "class/file size" lines,
+        "files": count, "bytes": total, "per_class": {class: count}}``. Made from the listing
+        :meth:`files` makes (sizes from the same ``stat``): no file is read; made once, as that listing is.
+        """
+        self.files()
+        if self._fingerprint is not None:
+            return self._fingerprint
+        parts: dict[str, Any] = {}
+        for part, (root, files) in self._listed.items():
+            lines = sorted(f"{path.relative_to(root).as_posix()}\t{self._sizes[path]}\n" for path, _ in files)
+            per_class = dict.fromkeys(self.folder_classes, 0)
+            for _, label in files:
+                per_class[self.folder_classes[label]] += 1
+            parts[part] = {
+                "digest": hashlib.sha256("".join(lines).encode(errors="surrogateescape")).hexdigest(),
+                "files": len(files),
+                "bytes": sum(self._sizes[path] for path, _ in files),
+                "per_class": per_class,
+            }
+        digests = "".join(f"{name} {part['digest']}\n" for name, part in parts.items())
+        self._fingerprint = {"digest": hashlib.sha256(digests.encode()).hexdigest(), "parts": parts}
+        return self._fingerprint
+
     def source(self, train: bool, what: str = "images") -> str:
         if train or self.test_root is not None:
             return str(self.train_root if train else self.test_root)
@@ -230,7 +279,7 @@ class ImageFolderDataModule(TensorDataModule):
                 images.append(read_image(path, self.image_size, self.color))
                 labels.append(label)
             except ImageError as err:
-                bad.append(f"{path} ({err})")
+                bad.append(f"{printable(str(path))} ({err})")
         if bad and not self.skip_bad_images:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             raise DataError(
@@ -248,3 +297,82 @@ class ImageFolderDataModule(TensorDataModule):
     def dataset_record(self) -> dict[str, Any]:
         """The base's record (class names are the folders' names), with the image size and colour."""
         return {**super().dataset_record(), "image_size": self.image_size, "color": self.color}
+
+
+# --------------------------------------------------------------------------- what is read, what is not
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """The file name endings of the formats ``predict`` reads (:data:`lit_mnist.images.IMAGE_FORMATS`), as PIL
+    registers them (``.png``, ``.jpg``, ``.jpeg``, ``.gif``, ``.webp``, ``.tif``, ``.bmp``, ``.ppm``, ...):
+    a folder dataset reads every file ``predict`` would."""
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in IMAGE_FORMATS))
+
+
+def _scan(folder: Path, skipped: dict[str, list[Path]]) -> dict[Path, int]:
+    """The image files under ``folder`` (recursively; hidden sub-folders are not entered) with their sizes,
+    in sorted order; every other file is added to ``skipped`` under the reason it is not read."""
+    found: dict[Path, int] = {}
+    extensions = image_extensions()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        for name in dirnames:
+            if name.startswith("."):
+                skipped.setdefault(_HIDDEN, []).append(here / name)
+            elif (here / name).is_symlink():  # os.walk does not enter it (a link may loop)
+                skipped.setdefault("a link to a folder, which is not followed", []).append(here / name)
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        for name in filenames:
+            path = here / name
+            if name.startswith("."):
+                skipped.setdefault(_HIDDEN, []).append(path)
+            elif (suffix := path.suffix.lower()) not in extensions:
+                why = f"{suffix} is not" if suffix else "a file without an extension is not"
+                skipped.setdefault(f"{why} an image format predict reads", []).append(path)
+            else:
+                try:
+                    stat = path.stat()
+                except OSError:  # a broken link, removed meanwhile
+                    stat = None
+                if stat is None or not S_ISREG(stat.st_mode):
+                    skipped.setdefault("not a regular file (a broken link, a socket, ...)", []).append(path)
+                else:
+                    found[path] = stat.st_size
+    return dict(sorted(found.items()))
+
+
+_HIDDEN = "hidden (its name starts with a dot)"
+
+
+def _outside_classes(root: Path, data_dir: Path) -> dict[str, list[Path]]:
+    """What ``root`` (and ``data_dir`` around it) holds beside its class folders, by the reason it is not read."""
+    skipped: dict[str, list[Path]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            skipped.setdefault(_HIDDEN, []).append(path)
+        elif not entry.is_dir():
+            skipped.setdefault("outside the class folders", []).append(path)
+    if root == data_dir / "train":  # what lies beside it is not read
+        for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
+            if entry.name not in ("train", "test"):
+                why = _HIDDEN if entry.name.startswith(".") else "beside train/ and test/, the folders read"
+                skipped.setdefault(why, []).append(Path(entry.path))
+    return skipped
+
+
+#: The warnings :func:`_warn_skipped` gave in this process: a run builds more than one datamodule of the
+#: same folder (the step-group plan, the finders), and each thing skipped is said once.
+_SAID: set[str] = set()
+
+
+def _warn_skipped(root: Path, skipped: dict[str, list[Path]]) -> None:
+    """One warning per reason: ``skipped 3 files in ROOT: .txt is not an image format predict reads (a/x.txt, ...)``."""
+    for why, paths in skipped.items():
+        shown = [printable(str(p.relative_to(root) if p.is_relative_to(root) else p)) for p in paths[:3]]
+        more = f", and {len(paths) - 3} more" if len(paths) > 3 else ""
+        kinds = sorted({"folder" if p.is_dir() else "file" for p in paths})
+        noun = " and ".join(kind if len(paths) == 1 else kind + "s" for kind in kinds)
+        message = f"skipped {len(paths)} {noun} in {printable(str(root))}: {why} ({', '.join(shown)}{more})"
+        if message not in _SAID:
+            _SAID.add(message)
+            rank_zero_warn(message)

@@ -1,15 +1,19 @@
-"""Reading a user's image files for ``predict``: any size, colour mode or polarity -> the model's input.
+"""Reading a user's images for ``predict`` and ``serve``: any size, colour mode or polarity -> the model's input.
 
-A file is opened only if PIL recognises it as one of :data:`IMAGE_FORMATS`, decompression bombs
-are refused, and every failure is an :class:`~lit_mnist.errors.ImageError` with one line saying
-why, so that one bad file never stops the others from being classified.
+An image is a file, the bytes of a file (an upload) or an array of pixels (:data:`ImageSource`). A file
+or its bytes are opened only if PIL recognises them as one of :data:`IMAGE_FORMATS`, decompression bombs
+are refused by the pixel count in the header (before decoding), and every failure is an
+:class:`~lit_mnist.errors.ImageError` with one line saying why, so that one bad image never stops the
+others from being classified.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ __all__ = [
     "FIT_CHOICES",
     "IMAGE_FORMATS",
     "INVERT_CHOICES",
+    "ImageSource",
     "fit_digit",
     "fit_frame",
     "prepare_image",
@@ -35,10 +40,12 @@ __all__ = [
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 INVERT_CHOICES = ("auto", "yes", "no")
 FIT_CHOICES = ("frame", "digit")
+#: An image: a file's path, a file's bytes (PNG, JPEG, ...) or a uint8 array ``(H, W)`` or ``(H, W, 3)``.
+ImageSource: TypeAlias = str | Path | bytes | np.ndarray
 
 
-def read_grayscale(path: str | Path) -> np.ndarray:
-    """Read an image file as a float32 ``(H, W)`` array in [0, 1] (0 black, 1 white).
+def read_grayscale(path: ImageSource) -> np.ndarray:
+    """Read an image (:data:`ImageSource`) as a float32 ``(H, W)`` array in [0, 1] (0 black, 1 white).
 
     Any colour mode is accepted: colour is converted to luminance, 16-bit images are scaled from
     [0, 65535], and transparent pixels are laid over a background that contrasts with the
@@ -51,8 +58,8 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     return _read(path, _to_gray)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as a float32 ``(H, W, 3)`` array in [0, 1]; EXIF rotation applied.
+def read_rgb(path: ImageSource) -> np.ndarray:
+    """Read an image (:data:`ImageSource`) as a float32 ``(H, W, 3)`` array in [0, 1]; EXIF rotation applied.
 
     Any colour mode is converted with PIL's ``convert("RGB")`` (transparency is dropped).
 
@@ -62,15 +69,22 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return _read(path, lambda image: np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
 
 
-def _read(path: str | Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError("no such file" if not path.exists() else "not a file")
+def _read(source: ImageSource, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return convert(Image.fromarray(source))
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError("empty: no bytes")
+        opener: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        opener = Path(source)
+        if not opener.is_file():
+            raise ImageError("no such file" if not opener.exists() else "not a file")
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as opened:
+            with Image.open(opener, formats=IMAGE_FORMATS) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
                 return convert(image)
@@ -177,7 +191,7 @@ def fit_digit(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prepare_image(
-    path: str | Path,
+    path: ImageSource,
     mean: float,
     std: float,
     size: tuple[int, int] = (28, 28),
@@ -187,7 +201,7 @@ def prepare_image(
     """An image file as the model's input: ``(1, H, W)`` float32, light on dark, normalised.
 
     Args:
-        path: A PNG, JPEG, ... of any size and colour mode.
+        path: A PNG, JPEG, ... of any size and colour mode (a file, its bytes, or an array of pixels).
         mean: Mean of the training images (the datamodule class's ``mean``).
         std: Standard deviation of the training images (the datamodule class's ``std``).
         size: ``(H, W)`` of the model's input.

@@ -31,14 +31,16 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_mnist.checkpoints import CONFIG_NAME, LoadedCheckpoint
 from lit_mnist.data import TensorDataModule, default_data_dir
+from lit_mnist.datachange import class_change, data_change
 from lit_mnist.datasets import DATASETS
 from lit_mnist.errors import ImageError, UsageError
 from lit_mnist.folder import read_image
-from lit_mnist.images import prepare_image
+from lit_mnist.images import ImageSource, prepare_image
 from lit_mnist.loader import InMemoryBatchLoader
 from lit_mnist.mnist import MNISTDataModule
 from lit_mnist.module import MNISTClassifier
-from lit_mnist.runtime import PRECISIONS, quiet_lightning, quiet_trainer, write_atomic
+from lit_mnist.runtime import PRECISIONS, printable, quiet_lightning, quiet_trainer, write_atomic
+from lit_mnist.stats import INTERVAL_METHOD, format_interval, wilson_interval
 
 __all__ = [
     "Evaluation",
@@ -47,6 +49,7 @@ __all__ = [
     "format_evaluation",
     "predict_files",
     "predict_tensors",
+    "prepare_input",
     "write_predictions",
 ]
 
@@ -136,7 +139,11 @@ def check_fits(model: MNISTClassifier, info: DatasetInfo) -> None:
 
 
 def build_datamodule(
-    ckpt: LoadedCheckpoint, dataset: str, data_dir: str | None = None, batch_size: int | None = None
+    ckpt: LoadedCheckpoint,
+    dataset: str,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    allow_other_data: bool = False,
 ) -> TensorDataModule:
     """The datamodule of ``dataset`` with the checkpoint's data settings.
 
@@ -144,9 +151,14 @@ def build_datamodule(
     dataset's raw files (a folder dataset: when it exists), else the default (``$LIT_MNIST_DATA_DIR``
     or ``./data``). A folder dataset is normalised with the checkpoint's recorded mean and std.
 
+    Args:
+        allow_other_data: Accept classes other than the checkpoint's (as many, other names): the model's
+            class ``i`` is compared with the data's class ``i`` (:func:`data_difference` says what differs).
+
     Raises:
         DataError: a folder dataset's folder is missing or holds no class folders.
-        UsageError: a folder dataset's classes are not those the checkpoint was trained on.
+        UsageError: a folder dataset's classes are not those the checkpoint was trained on (unless
+            ``allow_other_data``, and then still when there are not as many).
     """
     cls = DATASETS[dataset]
     accepted = inspect.signature(cls.__init__).parameters
@@ -165,12 +177,34 @@ def build_datamodule(
         info = dataset_info(ckpt, dataset)
         hparams.update(mean=info.mean, std=info.std)
     datamodule = cls(**hparams)
-    if "mean" in accepted and datamodule.class_names != dataset_info(ckpt, dataset).class_names:
-        raise UsageError(
-            f"--data-dir {data_dir} holds the classes {', '.join(datamodule.class_names)}; {ckpt.path} was "
-            f"trained on {', '.join(dataset_info(ckpt, dataset).class_names)}"
-        )
+    info = dataset_info(ckpt, dataset)
+    if change := class_change(info.class_names, datamodule.class_names, folders=info.is_folder):
+        other = f"--data-dir {printable(data_dir)} holds other classes than {ckpt.path} was trained on: {change}"
+        if datamodule.num_classes != info.num_classes:
+            raise UsageError(
+                f"{other}; its model tells {info.num_classes} classes apart and the data has "
+                f"{datamodule.num_classes}: it cannot be evaluated on them (not even with --allow-other-data)"
+            )
+        if not allow_other_data:
+            raise UsageError(
+                f"{other}; evaluate compares the model's class i with the data's class i, so its numbers would "
+                "mean other classes: evaluate on the data it was trained on, or pass --allow-other-data to "
+                "evaluate anyway"
+            )
     return datamodule
+
+
+def data_difference(ckpt: LoadedCheckpoint, info: DatasetInfo, datamodule: TensorDataModule) -> str | None:
+    """How ``datamodule``'s data differ from those the checkpoint was trained on, in one line, or ``None``:
+    other class names (:func:`~lit_mnist.datachange.class_change`, accepted by ``allow_other_data``) and
+    other files (:func:`~lit_mnist.datachange.data_change`). Call it after ``setup`` (the files are listed
+    and checked by then)."""
+    words = []
+    if change := class_change(info.class_names, datamodule.class_names, folders=info.is_folder):
+        words.append(f"{change} (the model's class i is compared with the data's class i)")
+    if change := data_change(ckpt.data_record.get("fingerprint"), datamodule.fingerprint()):
+        words.append(change)
+    return "; ".join(words) or None
 
 
 def run_precision(run_config: dict[str, Any]) -> str:
@@ -195,10 +229,13 @@ class _ConfusionMatrixCallback(L.Callback):
 
     def __init__(self, num_classes: int) -> None:
         self.matrix = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.preds: list[Tensor] = []  # each image's predicted class, in the test set's order
+        self.targets: list[Tensor] = []
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.matrix = self.matrix.to(pl_module.device)
         self.matrix.reset()
+        self.preds, self.targets = [], []
 
     def on_test_batch_end(
         self,
@@ -213,6 +250,8 @@ class _ConfusionMatrixCallback(L.Callback):
         if not isinstance(preds, Tensor):
             raise RuntimeError('test_step must return {"preds": class indices} to count the confusion matrix')
         self.matrix.update(preds, batch[1])
+        self.preds.append(preds.detach().cpu())
+        self.targets.append(batch[1].detach().cpu())
 
 
 @dataclass
@@ -224,12 +263,16 @@ class Evaluation:
         test_acc: Accuracy over the test set (``test/acc``, as training reports it).
         confusion_matrix: ``(C, C)`` counts, rows the true class, columns the predicted class.
         class_names: Name of each class.
+        predictions: Each test image's predicted class, in the test set's order (``evaluate`` fills it).
+        targets: Each test image's true class, in the same order.
     """
 
     test_loss: float
     test_acc: float
     confusion_matrix: Tensor
     class_names: list[str]
+    predictions: Tensor | None = None
+    targets: Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -248,14 +291,30 @@ class Evaluation:
             float(c / t) if t > 0 else None for c, t in zip(correct.tolist(), totals.tolist(), strict=True)
         ]
 
+    @property
+    def test_acc_ci(self) -> tuple[float, float] | None:
+        """The 95% Wilson score interval of the accuracy over the test images (:mod:`lit_mnist.stats`)."""
+        return wilson_interval(self.num_correct, self.num_images) if self.num_images else None
+
+    @property
+    def per_class_acc_ci(self) -> list[tuple[float, float] | None]:
+        """The 95% Wilson score interval of each class's accuracy; ``None`` for a class with no test images."""
+        totals = self.confusion_matrix.sum(dim=1).tolist()
+        correct = self.confusion_matrix.diagonal().tolist()
+        return [wilson_interval(int(c), int(t)) if t > 0 else None for c, t in zip(correct, totals, strict=True)]
+
     def to_dict(self) -> dict[str, Any]:
+        ci = self.test_acc_ci
         return {
             "test_loss": self.test_loss,
             "test_acc": self.test_acc,
+            "test_acc_ci": list(ci) if ci is not None else None,
+            "interval_method": INTERVAL_METHOD,
             "num_images": self.num_images,
             "num_correct": self.num_correct,
             "class_names": self.class_names,
             "per_class_acc": self.per_class_acc,
+            "per_class_acc_ci": [list(c) if c is not None else None for c in self.per_class_acc_ci],
             "confusion_matrix": self.confusion_matrix.tolist(),
         }
 
@@ -287,23 +346,32 @@ def evaluate(
         test_acc=float(metrics["test/acc"]),
         confusion_matrix=matrix,
         class_names=names,
+        predictions=torch.cat(confusion.preds) if confusion.preds else None,
+        targets=torch.cat(confusion.targets) if confusion.targets else None,
     )
 
 
 def format_evaluation(result: Evaluation) -> str:
-    """The report ``evaluate`` prints: loss, accuracy, per-class accuracy, confusion matrix."""
+    """The report ``evaluate`` prints: loss, accuracy, per-class accuracy (each with its 95% Wilson score
+    interval, the method named once), confusion matrix."""
+    ci = result.test_acc_ci
+    shown_ci = f"; {format_interval(ci)}" if ci is not None else ""
     lines = [
         f"Test loss:     {result.test_loss:.4f}",
-        f"Test accuracy: {result.test_acc:.2%}  ({result.num_correct}/{result.num_images}; "
+        f"Test accuracy: {result.test_acc:.2%}  ({result.num_correct}/{result.num_images}{shown_ci}; "
         f"test_acc {result.test_acc!r})",
+        f"Intervals:     {INTERVAL_METHOD}s (CI), from the counts of right and wrong images",
         "",
         "Per-class accuracy:",
     ]
     matrix = result.confusion_matrix
-    width = max(len(n) for n in result.class_names)
-    for i, (name, acc) in enumerate(zip(result.class_names, result.per_class_acc, strict=True)):
+    names = [printable(n) for n in result.class_names]  # a class folder's name may hold terminal escapes
+    width = max(len(n) for n in names)
+    rows = zip(names, result.per_class_acc, result.per_class_acc_ci, strict=True)
+    for i, (name, acc, interval) in enumerate(rows):
         shown = f"{acc:7.2%}" if acc is not None else "    n/a"
-        lines.append(f"  {i:>2}  {name:<{width}}  {shown}  ({int(matrix[i, i])}/{int(matrix[i].sum())})")
+        counts = f"{int(matrix[i, i])}/{int(matrix[i].sum())}"
+        lines.append(f"  {i:>2}  {name:<{width}}  {shown}  ({counts}{f'; {format_interval(interval)}' if interval else ''})")
     cell = max(4, len(str(int(matrix.max()))) + 1)
     lines += ["", "Confusion matrix (rows: true class, columns: predicted class):"]
     lines.append("    " + "".join(f"{j:>{cell}}" for j in range(len(matrix))))
@@ -324,6 +392,37 @@ def predict_tensors(
         batches = quiet_trainer(accelerator).predict(model, dataloaders=loader)
     assert batches is not None
     return torch.cat([b.float().cpu() for b in batches])  # type: ignore[union-attr]
+
+
+def prepare_input(
+    source: ImageSource,
+    info: DatasetInfo,
+    input_shape: Sequence[int],
+    invert: str = "auto",
+    fit: str = "frame",
+) -> Tensor:
+    """One image as the model's normalised input ``(C, H, W)``: how ``predict`` and ``serve`` read every image.
+
+    An image-folder dataset's images are read as its training images were (:func:`lit_mnist.folder.read_image`:
+    ``invert`` and ``fit`` do not apply); the MNIST family's by :func:`lit_mnist.images.prepare_image`.
+
+    Args:
+        source: A file, a file's bytes, or a uint8 array of pixels (:data:`lit_mnist.images.ImageSource`).
+        info: The model's dataset (normalisation).
+        input_shape: The model's ``(C, H, W)``.
+        invert: ``auto``, ``yes`` or ``no`` (:func:`lit_mnist.images.should_invert`).
+        fit: ``frame`` or ``digit`` (:func:`lit_mnist.images.prepare_image`).
+
+    Raises:
+        ImageError: the image cannot be read or is refused.
+    """
+    channels, size = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
+    mean = torch.tensor(info.mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32).reshape(-1, 1, 1)
+    if info.is_folder:
+        pixels = read_image(source, size[0], "grayscale" if channels == 1 else "rgb")
+        return pixels.float().div_(255).sub_(mean).div_(std)
+    return prepare_image(source, float(mean.flatten()[0]), float(std.flatten()[0]), size, invert, fit)
 
 
 @dataclass
@@ -349,27 +448,15 @@ def predict_files(
 ) -> list[Prediction]:
     """Classify image files; a file that cannot be read gets a :class:`Prediction` with ``error``.
 
-    An image-folder dataset's files are read as its training images were (:func:`lit_mnist.folder.read_image`:
-    ``invert`` and ``fit`` do not apply); the MNIST family's by :func:`lit_mnist.images.prepare_image`.
+    Each file is read by :func:`prepare_input`.
     """
     hp: Any = model.hparams
-    size = (int(hp.input_shape[1]), int(hp.input_shape[2]))
-    channels = int(hp.input_shape[0])
     results = [Prediction(file=str(f)) for f in files]
     tensors: list[Tensor] = []
     readable: list[Prediction] = []
-    mean = torch.tensor(info.mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32).reshape(-1, 1, 1)
     for result in results:
         try:
-            if info.is_folder:
-                color = "grayscale" if channels == 1 else "rgb"
-                pixels = read_image(result.file, size[0], color)
-                tensors.append(pixels.float().div_(255).sub_(mean).div_(std))
-            else:
-                tensors.append(
-                    prepare_image(result.file, float(mean[0, 0, 0]), float(std[0, 0, 0]), size, invert, fit)
-                )
+            tensors.append(prepare_input(result.file, info, hp.input_shape, invert, fit))
             readable.append(result)
         except ImageError as err:
             result.error = str(err)
@@ -389,7 +476,9 @@ def write_predictions(predictions: Sequence[Prediction], output: Path | None) ->
     """Write the classified files as CSV (stdout or ``.csv``) or JSON (``.json``); errors are left out.
 
     Both name each file's class (``class_name``) with its index beside it (``label``): a folder dataset's
-    index is the position of its class folder in sorted order, not the folder's name.
+    index is the position of its class folder in sorted order, not the folder's name. The CSV, a text a
+    terminal may show, has file and class names escaped where they hold control characters
+    (:func:`lit_mnist.runtime.printable`); the JSON has them as they are (JSON escapes them itself).
     """
     done = [p for p in predictions if p.error is None]
     if output is not None and output.suffix.lower() == ".json":
@@ -403,7 +492,7 @@ def write_predictions(predictions: Sequence[Prediction], output: Path | None) ->
     # label: the class's index, as in the JSON
     writer.writerow(["file", "class_name", "label", "probability"])
     for p in done:
-        writer.writerow([p.file, p.class_name, p.label, f"{p.probability:.4f}"])
+        writer.writerow([printable(p.file), printable(str(p.class_name)), p.label, f"{p.probability:.4f}"])
     if output is None:
         sys.stdout.write(buffer.getvalue())
     else:

@@ -17,6 +17,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class MNISTDataModule(TensorDataModule):
             default, the usual 55,000 / 5,000 split) or a fraction in (0, 1).
         **others: The other arguments are :class:`~lit_mnist.data.TensorDataModule`'s, with its
             defaults (``batch_size``, ``num_workers``, ``split_seed``, ``loader``, ``seed``,
-            ``steps_per_batch``, ``augment_*``). They are spelled out in the signature, which
+            ``steps_per_batch``, ``augment_*``, ``folds``, ``fold``). They are spelled out in the signature, which
             LightningCLI and the run config read; a test keeps them equal to the base's.
     """
 
@@ -84,6 +85,8 @@ class MNISTDataModule(TensorDataModule):
         augment_degrees: float = 0.0,
         augment_translate: float = 0.0,
         augment_scale: float = 0.0,
+        folds: int = 0,
+        fold: int | None = None,
     ) -> None:
         data_dir = str(data_dir or default_data_dir())
         super().__init__(
@@ -97,6 +100,8 @@ class MNISTDataModule(TensorDataModule):
             augment_degrees=augment_degrees,
             augment_translate=augment_translate,
             augment_scale=augment_scale,
+            folds=folds,
+            fold=fold,
         )
         self.data_dir = data_dir
         self.download = download
@@ -225,6 +230,23 @@ class MNISTDataModule(TensorDataModule):
         if count == official and expected is not None and (actual := _md5(path)) != expected:
             return f"md5 {actual}, expected {expected}"
         return None
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The four raw files' MD5s and item counts (``None`` while one is missing or damaged).
+
+        ``{"digest": sha256 of the MD5s, "parts": {file name: {"digest": md5, "items": count}}}``. Each
+        file is hashed once per process for a given size and modification time: the check of the official
+        files' MD5s (:meth:`check_integrity`) and every checkpoint share the one hash.
+        """
+        if self.find_problems():
+            return None
+        parts: dict[str, Any] = {}
+        for name in self.raw_files:
+            path = self.raw_folder / name
+            kind = "labels" if "labels" in name else "images"
+            parts[name] = {"digest": _md5(path), "items": _check_idx(path, kind, self.file_image_hw)}
+        lines = "".join(f"{name} {part['digest']}\n" for name, part in sorted(parts.items()))
+        return {"digest": hashlib.sha256(lines.encode()).hexdigest(), "parts": parts}
 
     def load(self, train: bool) -> tuple[Tensor, Tensor]:
         """The ``uint8`` images ``(N, 1, 28, 28)`` and labels ``(N,)`` of the official training or test set.

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_mnist.config import check_optimizer_settings
 from lit_mnist.errors import ConfigError
 from lit_mnist.groups import (
     CHECKPOINT_KEY,
@@ -40,6 +39,7 @@ from lit_mnist.groups import (
     take_group_steps,
 )
 from lit_mnist.networks import CNN, MLP
+from lit_mnist.ranges import check_optimizer_settings
 
 __all__ = [
     "MODELS", "OPTIMIZERS", "SCHEDULERS", "Batch", "CnnPadding", "MNISTClassifier", "Model", "Optimizer", "Scheduler",

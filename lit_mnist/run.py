@@ -30,6 +30,7 @@ from lit_mnist.build import build_data_and_model, build_trainer
 from lit_mnist.checkpoints import CONFIG_NAME, check_dataset, check_resumable
 from lit_mnist.config import RunConfig
 from lit_mnist.data import default_data_dir
+from lit_mnist.environment import start_record
 from lit_mnist.errors import (
     Aborted,
     CheckpointWriteError,
@@ -48,6 +49,7 @@ from lit_mnist.runs import (
     share_version,
 )
 from lit_mnist.runtime import first_line, remove_stale_partials, write_atomic
+from lit_mnist.stats import INTERVAL_METHOD, accuracy_interval
 from lit_mnist.stopping import GracefulInterrupt, LastCheckpoint
 
 __all__ = ["RunResult", "SaveConfig", "newest_checkpoint", "record_results", "train"]
@@ -68,6 +70,9 @@ class RunResult:
         figures: PNG files the monitoring callbacks wrote, by name.
         config: The config the run trained with: the finders' values in place of ``auto``.
         mlflow_run_id: The MLflow run, when ``logger`` has mlflow.
+        test_images: How many test images ``test_acc`` is the proportion of; None where it is not one
+            (a limited test, targets that are not class labels).
+        test_acc_ci: The 95% Wilson score interval of ``test_acc`` (:mod:`lit_mnist.stats`), or None.
     """
 
     test_acc: float
@@ -80,10 +85,14 @@ class RunResult:
     figures: dict[str, str] = field(default_factory=dict)
     config: RunConfig = field(default_factory=RunConfig)
     mlflow_run_id: str | None = None
+    test_images: int | None = None
+    test_acc_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``results.json``."""
         results = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("config", "mlflow_run_id")}
+        if self.test_acc_ci is not None:
+            results |= {"test_acc_ci": list(self.test_acc_ci), "interval_method": INTERVAL_METHOD}
         return results | ({"mlflow_run_id": self.mlflow_run_id} if self.mlflow_run_id else {})
 
 
@@ -100,6 +109,8 @@ def train(config: RunConfig, callbacks: Sequence[L.Callback] = (), version: int 
         Interrupted: SIGTERM or Ctrl-C stopped the run (what was saved, and ``config``, the one it used).
         Aborted: a second Ctrl-C.
     """
+    if config.folds and config.fold is None:  # K runs and a final one, not one
+        raise UsageError("folds: a cross-validation is lit_mnist.cross_validate(config); train runs one fold (fold=k)")
     cfg, ckpt_path, lr_plot = _plan(config)
     try:
         return _run(cfg, ckpt_path, lr_plot, callbacks, version)
@@ -138,8 +149,10 @@ def _run(
     datamodule, model, plan = build_data_and_model(cfg)
     if global_rank() == 0:
         print(plan.notice(), flush=True)
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, model)
+    # other classes are refused; other files of the same classes are said
+    changed = check_resumable(ckpt_path, model, datamodule) if ckpt_path is not None else None
+    if changed and global_rank() == 0:
+        print(f"warning: {changed}", file=sys.stderr, flush=True)
     version = reserved if reserved is not None else run_version(cfg.log_dir, ckpt_path)
     run_dir = Path(cfg.log_dir) / f"version_{version}"
     lock = lock_run_folder(run_dir if version is not None else None)
@@ -147,6 +160,8 @@ def _run(
     trainer, finished = None, False
     try:
         trainer = _trainer(cfg, run_dir, version, plan)
+        if warning := start_record(trainer, run_dir if version is not None else None, ckpt_path):
+            print(f"warning: {warning}", file=sys.stderr)  # environment.json is written by now
         own: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
         own += [*callbacks, *([SaveConfig(cfg, run_dir / CONFIG_NAME)] if version is not None else [])]
         if trainer.is_global_zero and version is not None:
@@ -156,6 +171,7 @@ def _run(
         best = _save_swa(trainer, run_dir) if cfg.swa_lr is not None and version is not None else best
         tested = _test(trainer, model, datamodule, best, cfg, run_dir)
         result = _result(trainer, tested, val_acc_best, best, cfg, run_dir if version is not None else None)
+        result = _with_interval(result, datamodule, cfg)
         if trainer.is_global_zero and version is not None and not cfg.fast_dev_run:
             result = _record(trainer, result, {**datamodule.hparams, **model.hparams})
         finished = True
@@ -267,6 +283,17 @@ def _result(
         figures=written_figures(trainer),  # curves.png, confusion_matrix.png (rank 0)
         config=cfg,
     )
+
+
+def _with_interval(result: RunResult, datamodule: Any, cfg: RunConfig) -> RunResult:
+    """The test accuracy's interval, where it is a proportion of the whole test split's class labels."""
+    if cfg.fast_dev_run or cfg.limit_test_batches not in (None, 1.0):
+        return result
+    labels = datamodule.split("test")[1]
+    if labels.dim() != 1 or labels.is_floating_point():
+        return result
+    n = len(labels)
+    return dataclasses.replace(result, test_images=n, test_acc_ci=accuracy_interval(result.test_acc, n))
 
 
 def _record(trainer: L.Trainer, result: RunResult, hparams: dict[str, Any]) -> RunResult:

@@ -122,6 +122,13 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
+def printable(name: str) -> str:
+    """``name`` as a terminal may show it: unchanged when every character prints, else escaped as ``repr``
+    escapes it (``"\\x1b[31m"``), so that a name read from a file (a class folder, a checkpoint's class
+    names) cannot hide itself, break a line or send the terminal an escape sequence."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 # --------------------------------------------------------------------------- atomic files
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (creating its folder) through a temporary file renamed into place."""
@@ -331,6 +338,18 @@ class _NoAdvertisements(logging.Filter):
 
 
 _NO_ADVERTISEMENTS = _NoAdvertisements()
+
+
+def one_line_warnings() -> None:
+    """Show warnings in the terminal as ``warning: MESSAGE``: a command's warning is for its user, not Python's
+    file, line number and source line (the process's whole ``warnings.formatwarning``: commands call it)."""
+    warnings.formatwarning = _one_line
+
+
+def _one_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    return f"warning: {message}\n"
 
 
 def hide_advertisements() -> None:

@@ -246,6 +246,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--busy", type=int, default=0, help="With --side-by-side: busy-loop processes running beside every case."
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="Benchmark lit-mnist serve instead (requests/s, latency): benchmark.py --serve --help for its flags.",
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -1328,4 +1333,9 @@ def _rate(fn: Any, device: Any, rounds: int = 5, min_s: float = 0.05) -> float:
 
 
 if __name__ == "__main__":
+    if "--serve" in sys.argv[1:]:  # the serving benchmark, with flags of its own: scripts/benchmark_serve.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import benchmark_serve
+
+        sys.exit(benchmark_serve.main([arg for arg in sys.argv[1:] if arg != "--serve"]))
     sys.exit(main(get_parser().parse_args(_joined_train_flags(sys.argv[1:]))))

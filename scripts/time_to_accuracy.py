@@ -39,6 +39,7 @@ from typing import Any
 
 from lit_mnist.config import RunConfig  # plain Python: no torch, no Lightning
 from lit_mnist.errors import ConfigError
+from lit_mnist.stats import EN_DASH, INTERVAL_METHOD, accuracy_interval  # plain Python
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = (
@@ -150,6 +151,7 @@ def plain_main(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
         )
     return {
         "test_acc": correct / len(test_y),
+        "test_images": len(test_y),
         "setup_s": ready - start,
         "train_s": trained - ready,
         "test_s": time.perf_counter() - trained,
@@ -185,7 +187,12 @@ def classic_main(data_dir: str, epochs: int = 10) -> dict[str, Any]:
     with torch.no_grad():
         for images, labels in DataLoader(test, batch_size=1000):
             correct += int((net(images).argmax(1) == labels).sum())
-    return {"test_acc": correct / len(test), "setup_s": ready - start, "train_s": trained - ready}
+    return {
+        "test_acc": correct / len(test),
+        "test_images": len(test),
+        "setup_s": ready - start,
+        "train_s": trained - ready,
+    }
 
 
 # --------------------------------------------------------------------------- the parent
@@ -314,6 +321,12 @@ def _compile_seconds(compiled: Path, plain: Path) -> float | None:
     return extra - warm_up if extra is not None and warm_up is not None else None
 
 
+def _interval(accuracy: float, sizes: list[Any]) -> list[float] | None:
+    """The Wilson interval of ``accuracy`` over the runs' test set (every run's the same size), or None."""
+    known = {n for n in sizes if isinstance(n, int) and n > 0}
+    return list(accuracy_interval(accuracy, known.pop())) if len(known) == 1 else None
+
+
 def run(
     recipes: list[str],
     data_dir: str,
@@ -340,7 +353,8 @@ def run(
     compile_s: dict[str, list[float]] = {}
 
     def add(key: str, wall: float, payload: dict[str, Any]) -> None:
-        row = rows.setdefault(key, {"wall_s": [], "test_acc": [], "train_s": []})
+        row = rows.setdefault(key, {"wall_s": [], "test_acc": [], "train_s": [], "test_images": []})
+        row["test_images"].append(payload.get("test_images"))
         row["wall_s"].append(wall)
         row["test_acc"].append(payload["test_acc"])
         row["train_s"].append(payload.get("train_s"))
@@ -394,15 +408,19 @@ def run(
             "train_s": statistics.median([t for t in v["train_s"] if t is not None])
             if any(v["train_s"])
             else None,
+            "test_acc_ci": _interval(statistics.median(v["test_acc"]), v["test_images"]),
             "runs": v,
         }
         for key, v in rows.items()
     }
     width = max(len(k) for k in table)
-    print(f"{'run (whole process, median of ' + str(repeats) + ')':<{width}}  wall s  test acc  training s")
+    print(f"{'run (whole process, median of ' + str(repeats) + ')':<{width}}  wall s  test acc     95% CI     training s")
     for key, row in table.items():
         train = f"{row['train_s']:.1f}" if row["train_s"] is not None else "-"
-        print(f"{key:<{width}}  {row['wall_s']:6.1f}  {row['test_acc'] * 100:7.2f}%  {train:>10}")
+        ci = row["test_acc_ci"]
+        shown = f"{ci[0] * 100:.2f}{EN_DASH}{ci[1] * 100:.2f}" if ci is not None else "-"
+        print(f"{key:<{width}}  {row['wall_s']:6.1f}  {row['test_acc'] * 100:7.2f}%  {shown:>13}  {train:>10}")
+    print(f"95% CI: the {INTERVAL_METHOD} of the median test accuracy, over the test images")
     targets: dict[str, dict[str, Any]] = {}
     for name in recipes:
         ours, plain = table[f"{name}: lit_mnist train.py"], table[f"{name}: plain PyTorch loop"]

@@ -1,6 +1,6 @@
 """The command line: one module per command, each a ``get_parser(prog)`` and a ``main(argv, prog)``.
 
-``lit-mnist train|evaluate|predict|export|sweep [flags]`` (the installed console command) is :func:`main`;
+``lit-mnist train|evaluate|predict|export|sweep|serve|runs [flags]`` (the installed console command) is :func:`main`;
 ``scripts/<command>.py`` calls the command's own ``main``. The helpers they share are in
 :mod:`lit_mnist.cli.common`. Nothing outside this package imports it.
 """
@@ -20,6 +20,8 @@ COMMANDS = {
     "predict": "lit_mnist.cli.predict",
     "export": "lit_mnist.cli.export",
     "sweep": "lit_mnist.cli.sweep",
+    "serve": "lit_mnist.cli.serve",
+    "runs": "lit_mnist.cli.runs",
 }
 
 
@@ -30,12 +32,14 @@ SUMMARIES = {
     "predict": "classify image files with a checkpoint",
     "export": "export a checkpoint as ONNX or a torch.export program",
     "sweep": "search hyperparameters with Optuna, every trial a train run (needs the sweep extra)",
+    "serve": "serve a checkpoint or ONNX file over HTTP, with a page to draw on (needs the serve extra)",
+    "runs": "the runs of a log folder side by side: status, settings, accuracies (--diff A B)",
 }
-USAGE = "usage: lit-mnist {train,evaluate,predict,export,sweep} [flags]   (lit-mnist COMMAND --help for its flags)"
+USAGE = "usage: lit-mnist {train,evaluate,predict,export,sweep,serve,runs} [flags]   (lit-mnist COMMAND --help for its flags)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``lit-mnist train|evaluate|predict|export|sweep [flags]``: the installed console command."""
+    """``lit-mnist train|evaluate|predict|export|sweep|serve|runs [flags]``: the installed console command."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
         print(USAGE + "\n\ncommands:")

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentParser
 from lit_mnist.cli.common import check_output, checkpoint_parser, load_or_exit, parse_or_exit, usage_exit
 from lit_mnist.images import FIT_CHOICES, INVERT_CHOICES
 from lit_mnist.inference import predict_files, write_predictions
-from lit_mnist.runtime import ACCELERATORS, first_line
+from lit_mnist.runtime import ACCELERATORS, first_line, printable
 
 
 def get_parser(prog: str = "predict.py") -> ArgumentParser:
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "predict.py") -> int:
     )
     for p in predictions:
         if p.error is not None:
-            print(f"{prog}: error: {p.file}: {p.error}", file=sys.stderr)
+            print(f"{prog}: error: {printable(p.file)}: {p.error}", file=sys.stderr)
     failed = sum(p.error is not None for p in predictions)
     try:
         write_predictions(predictions, output)

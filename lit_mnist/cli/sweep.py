@@ -31,7 +31,12 @@ from lit_mnist.config import RunConfig
 from lit_mnist.data import default_data_dir
 from lit_mnist.errors import DataError, Interrupted, RunError, UsageError
 from lit_mnist.plan import check_machine, world_size
-from lit_mnist.runtime import check_file_name, hide_advertisements, ignore_upstream_deprecations
+from lit_mnist.runtime import (
+    check_file_name,
+    hide_advertisements,
+    ignore_upstream_deprecations,
+    one_line_warnings,
+)
 from lit_mnist.sweeps.report import results_dir, write_results
 from lit_mnist.sweeps.space import Configure, Space, check_space, load_space
 from lit_mnist.sweeps.study import (
@@ -253,6 +258,7 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str = "sweep.py") -> int
     """Entry point of ``scripts/sweep.py`` and ``lit-mnist sweep``. Returns the exit status."""
     ignore_upstream_deprecations()
     hide_advertisements()
+    one_line_warnings()
     opts, explicit = parse_args(argv, prog)
     try:
         check_options(opts)

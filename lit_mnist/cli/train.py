@@ -28,10 +28,16 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
-from lit_mnist.runtime import env_threads, hide_advertisements, ignore_upstream_deprecations
+from lit_mnist.runtime import (
+    env_threads,
+    hide_advertisements,
+    ignore_upstream_deprecations,
+    one_line_warnings,
+)
 from lit_mnist.startup import quiet_gc_first_imports
 
 if TYPE_CHECKING:  # the library is imported once the flags say the run goes ahead
+    from lit_mnist.folds import FoldsResult
     from lit_mnist.run import RunResult
 
 TRAIN_CMD = "python scripts/train.py"
@@ -46,6 +52,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Entry point of ``scripts/train.py``: parse, train, test, print the summary. Returns the exit status."""
     ignore_upstream_deprecations()
     hide_advertisements()
+    one_line_warnings()
     asked = parse_run(argv, prog)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -54,14 +61,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
         usage_exit(prog, str(err))
 
     with quiet_gc_first_imports():  # torch and Lightning, once the flags say it runs (lit_mnist.startup)
+        from lit_mnist.folds import FoldsResult, cross_validate
         from lit_mnist.run import train
         from lit_mnist.runs import global_rank
 
+    folds = bool(asked.folds) and asked.fold is None  # --folds K: K runs and the final model
     try:
-        result = train(asked)
+        result: RunResult | FoldsResult = cross_validate(asked) if folds else train(asked)
     except Interrupted as stop:
         if global_rank() == 0:
-            print(stop_message(stop, args, prog, asked), file=sys.stderr)
+            message = folds_stop_message(stop, args, prog) if folds else stop_message(stop, args, prog, asked)
+            print(message, file=sys.stderr)
         return stop.exit_status
     except Aborted as abort:
         if global_rank() == 0:
@@ -77,7 +87,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if global_rank() == 0:
-        print_summary(result, asked)
+        if isinstance(result, FoldsResult):
+            print_folds(result)
+        else:
+            print_summary(result, asked)
     return 0
 
 
@@ -91,7 +104,7 @@ def print_summary(result: RunResult, asked: RunConfig) -> None:
 
     cfg = result.config
     print()
-    print(f"Test accuracy: {result.test_acc:.2%}  (test loss {result.test_loss:.4f})")
+    print(f"Test accuracy: {result.test_acc:.2%}  ({interval_text(result)}test loss {result.test_loss:.4f})")
     if result.best_checkpoint:
         print(f"Best checkpoint: {result.best_checkpoint}")
     if result.run_dir and not cfg.fast_dev_run:
@@ -105,6 +118,16 @@ def print_summary(result: RunResult, asked: RunConfig) -> None:
             print(f"{label + ':':<17}{line}")
     for index, path in enumerate(result.figures.values()):
         print(f"{'Figures:' if index == 0 else '':<17}{path}")
+
+
+def interval_text(result: RunResult) -> str:
+    """``"95% Wilson score interval 97.21-97.80 on 10,000 test images; "`` (an en dash), or ``""`` without one."""
+    from lit_mnist.stats import EN_DASH, INTERVAL_METHOD
+
+    if result.test_acc_ci is None or result.test_images is None:
+        return ""
+    low, high = result.test_acc_ci
+    return f"{INTERVAL_METHOD} {100 * low:.2f}{EN_DASH}{100 * high:.2f} on {result.test_images:,} test images; "
 
 
 def logger_lines(result: RunResult, cfg: RunConfig) -> list[tuple[str, str]]:
@@ -222,3 +245,40 @@ def without_flag(args: list[str], name: str) -> list[str]:
         elif not arg.startswith(name + "="):
             out.append(arg)
     return out
+
+
+# --------------------------------------------------------------------------- --folds K
+def print_folds(cv: FoldsResult) -> None:
+    """A cross-validation's table of folds, their mean ± standard deviation, and the final model's test."""
+    from lit_mnist.folds import FOLDS_NAME
+
+    print()
+    print(f"Cross-validation, {len(cv.runs)} folds of the training images: {cv.folder}")
+    print(f"  {'fold':>4}  {'epochs':>6}  {'best val/acc':>12}  run folder")
+    for k, run in enumerate(cv.runs):
+        acc = "-" if run.val_acc_best is None else f"{run.val_acc_best:.2%}"
+        print(f"  {k:>4}  {run.epochs:>6}  {acc:>12}  {run.run_dir}")
+    print(
+        f"Validation accuracy: {cv.mean:.2%} ± {cv.std:.2%} "
+        f"(mean ± sample standard deviation of the {len(cv.runs)} folds' best)"
+    )
+    if (final := cv.final) is not None:
+        print(
+            f"Final model, trained on all the training images: test accuracy {final.test_acc:.2%} "
+            f"({interval_text(final)}test loss {final.test_loss:.4f})"
+        )
+        if final.best_checkpoint:
+            print(f"Final checkpoint: {final.best_checkpoint}")
+    print(f"Summary: {Path(cv.folder) / FOLDS_NAME}")
+
+
+def folds_stop_message(stop: Interrupted, args: list[str], prog: str) -> str:
+    """Which run of a cross-validation a signal stopped, and the command that goes on: the same one."""
+    used = stop.config if isinstance(stop.config, RunConfig) else None
+    which = "a run" if used is None else "the final model" if used.fold is None else f"fold {used.fold}"
+    saved = f"; saved {stop.checkpoint}" if stop.checkpoint is not None else ""
+    return (
+        f"{prog}: {stop.signal_name} stopped {which} of the cross-validation ({stop.stage}, epoch {stop.epoch}, "
+        f"step {stop.step}){saved}\nGo on with the same command (finished runs are kept, a stopped one resumes "
+        f"from its last.ckpt): {TRAIN_CMD} {shlex.join(args)}"
+    )

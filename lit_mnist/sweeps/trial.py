@@ -72,8 +72,30 @@ class EpochMetric(L.Callback):
         return max(self.values.values()) if direction == "maximize" else min(self.values.values())
 
 
+class FoldsMetric(EpochMetric):
+    """The metric at each validation epoch of every run of a cross-validation, run by run."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__(metric)
+        self.runs: list[dict[int, float]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.values = {}
+        self.runs.append(self.values)
+
+    def best(self, direction: str) -> float | None:
+        """The mean over the folds of each fold's best value (the final model validates on nothing)."""
+        pick = max if direction == "maximize" else min
+        bests = [pick(values.values()) for values in self.runs if values]
+        return sum(bests) / len(bests) if bests else None
+
+
 class Objective:
     """Optuna's objective: one :func:`lit_mnist.run.train` call per trial, in its own ``LOG_DIR/version_N``.
+
+    A config with ``folds`` K is a cross-validation (:func:`lit_mnist.cross_validate`) in the trial's
+    folder: its value is the mean over the folds of each fold's best, and it is not pruned (the
+    pruner's epochs are those of one run).
 
     Args:
         space: The hyperparameters to sample.
@@ -100,28 +122,35 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         print(flush=True)  # a blank line before each trial's output
         print(f"trial {trial.number}: {format_params(values)}  ->  {run_dir}", flush=True)
-        recorder = EpochMetric(self.metric)
+        recorder = FoldsMetric(self.metric) if cfg.folds and cfg.fold is None else EpochMetric(self.metric)
         result = self.run(trial, cfg, recorder, version)
         value = recorder.best(self.direction)
         if value is None:
             raise _failed(
                 trial, f"no {self.metric} was logged: validation never ran (--limit-val-batches 0?)"
             )
-        trial.set_user_attr("best_checkpoint", result.best_checkpoint)
-        trial.set_user_attr("test_acc", result.test_acc)
+        trial.set_user_attr("best_checkpoint", result.best_checkpoint if result is not None else None)
+        trial.set_user_attr("test_acc", result.test_acc if result is not None else None)
         return value
 
-    def run(self, trial: optuna.Trial, cfg: RunConfig, recorder: EpochMetric, version: int) -> RunResult:
-        """The trial's run; what ends it early becomes the trial's state and ``reason``."""
+    def run(
+        self, trial: optuna.Trial, cfg: RunConfig, recorder: EpochMetric, version: int
+    ) -> RunResult | None:
+        """The trial's run (a cross-validation's final model, None without one); what ends it early
+        becomes the trial's state and ``reason``."""
         import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
+        from lit_mnist.folds import cross_validate
         from lit_mnist.run import train
 
         # optuna-integration's callback reports the metric of each validation epoch to the trial and
         # raises optuna.TrialPruned when the study's pruner says so; the run ends there.
         pruning = PyTorchLightningPruningCallback(trial, monitor=self.metric)
         try:
+            if cfg.folds and cfg.fold is None:
+                folder = Path(cfg.log_dir) / f"version_{version}"
+                return cross_validate(cfg, callbacks=[recorder], folder=folder).final
             return train(cfg, callbacks=[recorder, pruning], version=version)
         except optuna.TrialPruned:
             epoch = max(recorder.values, default=0)
