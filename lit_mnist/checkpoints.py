@@ -368,7 +368,10 @@ def _resumable_data(path: str | Path, record: Mapping[str, Any], datamodule: Ten
             "or start a new run without --ckpt-path"
         )
     if change := data_change(record.get("fingerprint"), datamodule.fingerprint()):
-        return f"{where} holds other files than {path} was trained on ({change}); training resumes on them"
+        return (
+            f"{where} holds other files than {path} was trained on ({change}); training resumes on them, "
+            "with the validation split drawn from them anew"
+        )
     return None
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from lit_mnist.config import RunConfig
 from lit_mnist.data import default_data_dir
 from lit_mnist.errors import RunError, UsageError
 from lit_mnist.run import RunResult, train
+from lit_mnist.runlist import is_locked
 from lit_mnist.runs import RESULTS_NAME, global_rank
 from lit_mnist.runtime import write_atomic
 
@@ -156,6 +158,9 @@ def _run_or_keep(cfg: RunConfig, callbacks: Sequence[L.Callback]) -> RunResult:
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.is_file() else None
     if global_rank() == 0:
+        if resume is None and run_dir.is_dir() and any(run_dir.iterdir()) and not is_locked(run_dir):
+            # an attempt that failed before its first checkpoint: kept beside, as it was, for its error.txt
+            run_dir.rename(run_dir.with_name(f"failed_{time.strftime('%Y%m%d-%H%M%S')}_{run_dir.name}"))
         run_dir.mkdir(parents=True, exist_ok=True)
         what = "resumes from " + resume if resume else "starts in " + str(run_dir)
         print(f"{_name(cfg)} {what}", flush=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +24,14 @@ from lit_mnist.loggers import check_installed
 from lit_mnist.runtime import THREADS_ENV, check_accelerator, cpu_share, env_threads
 
 __all__ = [
-    "check_launcher_variables", "check_machine", "groups_ruled_out", "launched_across_machines", "plan_step_groups", "set_threads", "world_size",
+    "check_launcher_variables",
+    "check_machine",
+    "groups_ruled_out",
+    "launched_across_machines",
+    "plan_step_groups",
+    "set_threads",
+    "share_threads",
+    "world_size",
 ]  # fmt: skip
 
 
@@ -72,7 +81,7 @@ def check_launcher_variables() -> None:
         UsageError: one line naming the variable.
     """
     for name in LAUNCHER_VARIABLES:
-        if (value := os.environ.get(name)) is not None and not value.strip().isdigit():
+        if (value := os.environ.get(name)) is not None and not re.fullmatch(r"[0-9]+", value.strip()):
             raise UsageError(
                 f"the environment variable {name}={value!r} must be a whole number >= 0 (a launcher sets it for "
                 "each process); unset it, or set it as the README's 'Scale out' shows"
@@ -114,22 +123,37 @@ def check_machine(cfg: RunConfig) -> None:
 
 
 def set_threads(cfg: RunConfig) -> int:
-    """Give each process of the run its threads (``--threads``, else :data:`THREADS_ENV`, else this process's
-    CPU share divided among the run's processes on this machine); return the number.
-
-    One process sets torch's intra-op threads. A run of several processes per machine sets
-    :data:`THREADS_ENV` instead: Lightning's launchers read it and hand it to every process they start.
+    """Give this process its threads (``--threads``, else :data:`THREADS_ENV`, else this process's CPU share
+    divided among the run's processes on this machine); return the number.
 
     Raises:
         UsageError: :data:`THREADS_ENV` is set to something that is not a number of threads.
     """
-    from_env = env_threads()
-    processes = max(1, (world_size(cfg) or 1) // cfg.num_nodes)
-    threads = cfg.threads or from_env or max(1, cpu_share() // processes)
-    if processes > 1:
-        os.environ[THREADS_ENV] = str(threads)
+    threads = cfg.threads or env_threads() or max(1, cpu_share() // _local_processes(cfg))
     torch.set_num_threads(threads)
     return threads
+
+
+def share_threads(cfg: RunConfig) -> Callable[[], None]:
+    """A run of several processes per machine: set :data:`THREADS_ENV` to this process's threads, which
+    Lightning's launchers read and hand to every process they start (else they pick their own). Returns what
+    puts the variable back as it was when the run ends."""
+    if _local_processes(cfg) == 1:
+        return lambda: None
+    previous = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = str(torch.get_num_threads())
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = previous
+
+    return restore
+
+
+def _local_processes(cfg: RunConfig) -> int:
+    return max(1, (world_size(cfg) or 1) // cfg.num_nodes)
 
 
 def _check_finders(cfg: RunConfig) -> None:

@@ -39,12 +39,13 @@ from lit_mnist.errors import (
     RunError,
     UsageError,
 )
-from lit_mnist.plan import check_machine, set_threads
+from lit_mnist.plan import check_machine, set_threads, share_threads
 from lit_mnist.runs import (
     RESULTS_NAME,
     find_last_checkpoint,
     global_rank,
     lock_run_folder,
+    note_failure,
     run_version,
     share_version,
 )
@@ -157,6 +158,7 @@ def _run(
     run_dir = Path(cfg.log_dir) / f"version_{version}"
     lock = lock_run_folder(run_dir if version is not None else None)
     unshare = share_version(version)  # DDP's re-launched processes read it
+    unshare_threads = share_threads(cfg)  # and the number of threads each takes
     trainer, finished = None, False
     try:
         trainer = _trainer(cfg, run_dir, version, plan)
@@ -177,6 +179,10 @@ def _run(
         finished = True
         _raise_if_signalled(trainer, best, result)
         return result
+    except Exception as err:
+        if version is not None and global_rank() == 0 and not isinstance(err, (Interrupted, Aborted)):
+            note_failure(run_dir, err)  # lit-mnist runs lists it as failed, though it may hold a last.ckpt
+        raise
     finally:
         if trainer is not None:
             if (graceful := _graceful(trainer)) is not None:  # Ctrl-C and SIGTERM as before the run
@@ -185,6 +191,7 @@ def _run(
 
             finish_runs(trainer.loggers, finished)  # a W&B run stays open in the process until finished
         unshare()
+        unshare_threads()
         if lock is not None:
             lock.release()
 
@@ -287,7 +294,10 @@ def _result(
 
 def _with_interval(result: RunResult, datamodule: Any, cfg: RunConfig) -> RunResult:
     """The test accuracy's interval, where it is a proportion of the whole test split's class labels."""
-    if cfg.fast_dev_run or cfg.limit_test_batches not in (None, 1.0):
+    whole = cfg.limit_test_batches is None or (
+        isinstance(cfg.limit_test_batches, float) and cfg.limit_test_batches == 1.0
+    )  # an int is a count of batches: 1 is one batch, not the whole split
+    if cfg.fast_dev_run or not whole:
         return result
     labels = datamodule.split("test")[1]
     if labels.dim() != 1 or labels.is_floating_point():

@@ -7,8 +7,10 @@ run per fold). Its status:
 
 * ``finished``: ``results.json`` is written;
 * ``running``: a process holds the folder's lock (``.lock``, :func:`lit_mnist.runtime.lock_run`);
-* ``stopped``: ``checkpoints/last.ckpt`` and no results: ``--ckpt-path .../last.ckpt`` resumes it;
-* ``failed``: none of these.
+* ``failed``: ``error.txt`` (a run that ended in an error writes it) and no results;
+* ``stopped``: ``checkpoints/last.ckpt`` and no results: ``--ckpt-path .../last.ckpt`` resumes it (a fold of
+  ``--folds``: the same ``--folds`` command);
+* ``failed`` too: none of these.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import yaml
 from lit_mnist.config import RunConfig
 from lit_mnist.runtime import LOCK_NAME
 from lit_mnist.stats import accuracy_interval
+from lit_mnist.yamltext import strict_load
 
 __all__ = ["RunInfo", "config_diff", "differing_settings", "find_run_folders", "list_runs", "read_run"]
 
 CONFIG_NAME, RESULTS_NAME, ENVIRONMENT_NAME = "config.yaml", "results.json", "environment.json"
+#: What a failed run writes (lit_mnist.runs.ERROR_NAME; this module imports no torch or Lightning).
+ERROR_NAME = "error.txt"
 RUN_FILES = (CONFIG_NAME, RESULTS_NAME, ENVIRONMENT_NAME)
 #: Folders inside a run that hold no runs: not searched (a checkpoints/ folder with hundreds of files).
 NOT_RUNS = frozenset(("checkpoints", "wandb", "profiler", "mlruns", "mlartifacts", "sweeps", "__pycache__"))
@@ -141,7 +146,12 @@ def config_defaults() -> dict[str, Any]:
 def _read(path: Path, yaml_file: bool = False) -> dict[str, Any]:
     try:
         text = path.read_text()
-        loaded = yaml.load(text, Loader=_SAFE_LOADER) if yaml_file else json.loads(text)
+        if not yaml_file:
+            loaded = json.loads(text)
+        elif "&" in text or "*" in text:  # an anchor or alias, which lit_mnist never writes: read strictly
+            loaded = strict_load(text)
+        else:
+            loaded = yaml.load(text, Loader=_SAFE_LOADER)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
@@ -153,6 +163,8 @@ def run_status(path: Path, results: dict[str, Any]) -> str:
         return "running"
     if results:
         return "finished"
+    if (path / ERROR_NAME).is_file():  # a run that failed says so, whatever it saved before
+        return "failed"
     if (path / "checkpoints" / "last.ckpt").is_file():
         return "stopped"
     return "failed"

@@ -7,22 +7,26 @@ loggers' files). Rank 0 names it; DDP's re-launched processes read its number fr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_mnist.errors import RunError, UsageError
-from lit_mnist.runtime import RunLock, first_line, lock_run
+from lit_mnist.runtime import RunLock, first_line, lock_run, write_atomic
 
 __all__ = [
+    "ERROR_NAME",
     "RESULTS_NAME",
     "RUN_VERSION_ENV",
     "find_last_checkpoint",
     "global_rank",
     "lock_run_folder",
+    "note_failure",
     "reserve_version",
     "run_version",
     "share_version",
@@ -33,6 +37,8 @@ __all__ = [
 #: folder; read by those ranks only.
 RUN_VERSION_ENV = "LIT_MNIST_RUN_VERSION"
 RESULTS_NAME = "results.json"
+#: What a run that failed writes into its folder: the error's line, then its traceback.
+ERROR_NAME = "error.txt"
 
 
 def global_rank() -> int:
@@ -147,3 +153,11 @@ def lock_run_folder(run_dir: Path | None) -> RunLock | None:
         return lock_run(run_dir)
     except OSError as err:  # read-only, removed meanwhile
         raise RunError(f"{run_dir}: cannot take the run folder's lock ({first_line(err)})") from None
+
+
+def note_failure(run_dir: Path, err: BaseException) -> None:
+    """Write ``err`` (its line, then its traceback) to ``run_dir``'s :data:`ERROR_NAME`; a run folder that
+    cannot take it (a full disk) is left as it is: the error itself reaches the caller either way."""
+    text = f"{type(err).__name__}: {first_line(err)}\n\n" + "".join(traceback.format_exception(err))
+    with contextlib.suppress(OSError):
+        write_atomic(run_dir / ERROR_NAME, text)

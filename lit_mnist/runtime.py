@@ -89,7 +89,7 @@ def env_threads() -> int | None:
     value = os.environ.get(THREADS_ENV)
     if value is None:
         return None
-    if not value.strip().isdigit() or int(value) < 1:
+    if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
         raise UsageError(
             f"the environment variable {THREADS_ENV}={value!r} must be a whole number of threads >= 1; "
             f"set it to one (e.g. {THREADS_ENV}=1) or unset it"

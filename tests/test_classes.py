@@ -175,7 +175,7 @@ def test_same_classes_with_an_added_image_resume_with_a_warning(
     ]
     assert warning == (
         f"warning: --data-dir {data} holds other files than {last} was trained on (training images: 19 files, "
-        '18 before ("7" 7, 6 before)); training resumes on them'
+        '18 before ("7" 7, 6 before)); training resumes on them, with the validation split drawn from them anew'
     )
     record = torch.load(last, weights_only=True)["lit_mnist_data"]  # the resumed run's: the files it has now
     assert record["fingerprint"]["parts"]["training images"]["files"] == 19
@@ -296,7 +296,7 @@ def test_mnist_fingerprint_is_the_raw_files_md5s_and_other_files_are_a_note(
     assert note == (
         f"--data-dir {other} holds other files than {result.last_checkpoint} was trained on "
         "(train-images-idx3-ubyte: 500 items, 600 before; train-labels-idx1-ubyte: 500 items, 600 before); "
-        "training resumes on them"
+        "training resumes on them, with the validation split drawn from them anew"
     )
 
 

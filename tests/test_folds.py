@@ -255,3 +255,32 @@ def test_a_run_with_no_validation_images_tests_its_last_epoch(run_config: lm.Run
     assert result.val_acc_best is None
     assert result.best_checkpoint is not None and Path(result.best_checkpoint).name == "epoch00.ckpt"
     assert result.last_checkpoint is not None and Path(result.last_checkpoint).is_file()
+
+
+class _FailFirstFit(L.Callback):
+    """Fails the first fit it sees, in its sanity check: before any checkpoint exists."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("fold 0 broke")
+
+
+def test_a_fold_that_failed_before_its_first_checkpoint_starts_anew_beside_the_failed_attempt(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    args = _folds_args(tiny_data, tmp_path / "logs", "--folds", "2", "--no-folds-final")
+    folder = folds_folder(parse_run(args))
+    with pytest.raises(RuntimeError, match="fold 0 broke"):
+        lm.cross_validate(parse_run(args), callbacks=[_FailFirstFit()])
+    assert (folder / "fold_0/version_0/error.txt").read_text().startswith("RuntimeError: fold 0 broke")
+
+    cv = lm.cross_validate(parse_run(args))  # again: fold 0 starts in a clean folder
+    assert [run.epochs for run in cv.runs] == [1, 1]
+    (failed,) = [p for p in (folder / "fold_0").iterdir() if p.name.startswith("failed_")]
+    assert (failed / "error.txt").is_file() and not (failed / "results.json").exists()
+    assert not (folder / "fold_0/version_0/error.txt").exists()
+    assert (folder / "fold_0/version_0/results.json").is_file()

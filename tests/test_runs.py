@@ -42,6 +42,14 @@ class _FailBeforeTraining(L.Callback):
         raise RuntimeError("boom")
 
 
+class _FailInSecondEpoch(L.Callback):
+    """Fails once the first epoch's last.ckpt is saved: a run that ended in an error, with a checkpoint."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError("late boom")
+
+
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """version_0 finished (lr 0.01), version_1 stopped by SIGTERM (lr 0.05), version_2 failed early."""
@@ -189,3 +197,17 @@ def test_hundreds_of_runs_nested_ones_too_are_read_without_torch(tmp_path: Path)
     assert statuses["version_300"] == "failed"
     assert records[3]["test_acc_ci"] == pytest.approx([0.9665, 0.9732], abs=1e-4)  # from test_images
     assert set(records[3]["settings"]) == {"lr"}
+
+
+def test_a_run_that_failed_after_a_checkpoint_is_failed_not_stopped(tiny_data: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    cfg = RunConfig(
+        data_dir=str(tiny_data), val_size=100, batch_size=32, accelerator="cpu", devices=1, max_epochs=2,
+        progress_bar=False, log_every_n_steps=5, log_dir=str(logs),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="late boom"):
+        train(cfg, callbacks=[_FailInSecondEpoch()])
+    run = logs / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "error.txt").read_text().splitlines()[0] == "RuntimeError: late boom"
+    assert [(r.name, r.status) for r in list_runs(logs)] == [("version_0", "failed")]

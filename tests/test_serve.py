@@ -2,7 +2,9 @@
 
 A model trained once on the tiny IDX dataset serves the fast tests: uploads are classified as ``predict``
 classifies them, the JSON and pixel forms agree with the upload, 50 concurrent clients are all answered in
-batches, and every bad input gets a 4xx while the server keeps answering. Start-up refusals are checked
+batches, and every bad input gets a 4xx while the server keeps answering. The other kinds of model training
+writes are served too, each by a server of its own: a CNN on a folder of RGB images with named classes at
+another image size, and the averaged weights of an EMA and of an SWA run. Start-up refusals are checked
 without a server. The ``slow`` test serves a model trained on the real MNIST and compares real test images.
 """
 
@@ -21,6 +23,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lit_mnist.checkpoints import load_checkpoint
 from lit_mnist.config import RunConfig
@@ -342,6 +345,155 @@ def test_the_page_s_drawing_options_are_checked_and_used(server: str, digit_file
     assert status == 200 and inverted["probabilities"] != framed["probabilities"]
     status, answer = upload(server, data, invert="sideways")
     assert status == 400 and "invert must be one of auto, yes, no" in answer["detail"]
+
+
+# --------------------------------------------------------------------------- other models
+def assert_served_as_predicted(url: str, checkpoint: Path, files: list[Path]) -> list[dict[str, Any]]:
+    """Each file uploaded to ``url`` gets ``predict``'s class and probabilities, named by its classes; the answers."""
+    ckpt = load_checkpoint(checkpoint)
+    names = dataset_info(ckpt, resolve_dataset(None, ckpt)[0]).class_names
+    expected = offline(checkpoint, files)
+    answers = []
+    for file, want in zip(files, expected, strict=True):
+        status, answer = upload(url, file.read_bytes(), filename=file.name)
+        assert status == 200, f"{file.name}: {answer}"
+        assert (answer["class_index"], answer["class_name"]) == (want.label, want.class_name), file.name
+        assert list(answer["probabilities"]) == names
+        assert list(answer["probabilities"].values()) == pytest.approx(want.probabilities, abs=1e-5)
+        answers.append(answer)
+    return answers
+
+
+SHAPES = ("circle", "square")
+
+
+def shape_picture(
+    kind: str, rng: np.random.Generator, size: tuple[int, int], mode: str = "RGB"
+) -> Image.Image:
+    """A filled circle or square of a random colour on a random background, ``size`` (width, height)."""
+    background, ink = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+    image = Image.new("RGB", size, background)
+    width, height = size
+    side = int(min(size) * rng.uniform(0.5, 0.8))
+    left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    box = (left, top, left + side, top + side)
+    draw = ImageDraw.Draw(image)
+    if kind == "circle":
+        draw.ellipse(box, fill=ink)
+    else:
+        draw.rectangle(box, fill=ink)
+    return image.convert(mode)
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CNN trained for one epoch on 48 RGB PNGs of circles and squares (class folders), at 16 x 16."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(3)
+    for kind in SHAPES:
+        (root / "data" / kind).mkdir(parents=True)
+        for i in range(24):
+            size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))
+            shape_picture(kind, rng, size).save(root / "data" / kind / f"{i:03d}.png")
+    config = replace(
+        shrunk_config(root / "data", root / "logs", max_epochs=1),
+        dataset="folder", color="rgb", image_size=16, model="cnn", val_size=8, test_size=8, batch_size=8,
+        log_every_n_steps=1,
+    )  # fmt: skip
+    result = train(config)
+    assert result.last_checkpoint is not None
+    return Path(result.last_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def shape_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Pictures of circles and squares at sizes other than 16 x 16: RGB, grayscale and RGBA PNGs, a JPEG."""
+    folder = tmp_path_factory.mktemp("shape_files")
+    rng = np.random.default_rng(11)
+    files = []
+    for i, (size, mode, suffix) in enumerate(
+        [((37, 29), "RGB", "png"), ((45, 45), "RGB", "png"), ((23, 31), "L", "png"), ((50, 40), "RGBA", "png"),
+         ((33, 33), "RGB", "jpg"), ((64, 48), "RGB", "png")]
+    ):  # fmt: skip
+        kind = SHAPES[i % 2]
+        files.append(folder / f"{i:02d}_{kind}_{mode}.{suffix}")
+        shape_picture(kind, rng, size, mode).save(files[-1])
+    return files
+
+
+def test_a_folder_rgb_cnn_answers_as_predict_and_describes_its_classes_and_size(
+    folder_model: Path, shape_files: list[Path], tmp_path: Path
+) -> None:
+    with RunningServer(serve_command(folder_model), "/health", tmp_path / "log", timeout=120) as url:
+        answers = assert_served_as_predicted(url, folder_model, shape_files)
+        model = get_json(url + "/info")["model"]
+        # pixels at the model's own size, height x width x channels, read as the same PNG is
+        square = np.asarray(shape_picture("square", np.random.default_rng(5), (16, 16)))
+        _, by_upload = upload(url, png(square))
+        status, by_pixels = post_json(url, {"pixels": square.tolist()})
+        status_28, wrong = post_json(url, {"pixels": [[0] * 28] * 28})
+    assert {a["class_name"] for a in answers} <= set(SHAPES)
+    assert model["dataset"] == "folder" and model["classes"] == list(SHAPES)
+    assert model["input_shape"] == [3, 16, 16] and model["color"] == "rgb" and model["network"] == "cnn"
+    assert len(model["mean"]) == 3 and len(model["std"]) == 3 and "per channel" in model["normalisation"]
+    assert status == 200 and by_pixels["probabilities"] == pytest.approx(by_upload["probabilities"], abs=1e-6)
+    assert status_28 == 400 and "16 x 16 (or 16 x 16 x 3)" in wrong["detail"] and "28 x 28" in wrong["detail"]
+
+
+@pytest.fixture(scope="module")
+def ema_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tested checkpoint of a one-epoch MLP run with ``--ema 0.99``: the average in its state_dict."""
+    logs = tmp_path_factory.mktemp("ema") / "logs"
+    result = train(replace(shrunk_config(tiny_data, logs, max_epochs=1), ema=0.99))
+    assert result.best_checkpoint is not None
+    return Path(result.best_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def swa_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The swa.ckpt of an MLP run averaging two epochs (``--swa-lr 0.01 --swa-epoch-start 1``, 3 epochs)."""
+    logs = tmp_path_factory.mktemp("swa") / "logs"
+    config = replace(
+        shrunk_config(tiny_data, logs, max_epochs=3),
+        swa_lr=0.01,
+        swa_epoch_start=1,
+        limit_train_batches=4,
+        log_every_n_steps=1,
+    )
+    result = train(config)
+    assert result.best_checkpoint is not None and Path(result.best_checkpoint).name == "swa.ckpt"
+    return Path(result.best_checkpoint)
+
+
+def probabilities_of(answers: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([list(a["probabilities"].values()) for a in answers])
+
+
+def test_an_ema_checkpoint_is_served_with_its_averaged_weights(
+    ema_model: Path, digit_files: list[Path], tmp_path: Path
+) -> None:
+    with RunningServer(serve_command(ema_model), "/health", tmp_path / "log", timeout=120) as url:
+        answers = assert_served_as_predicted(url, ema_model, digit_files)
+    # the raw weights the average was taken from answer otherwise: the server answers with the average
+    ckpt = load_checkpoint(ema_model)
+    raw = torch.load(ema_model, map_location="cpu", weights_only=True)["current_model_state"]
+    ckpt.model.load_state_dict(raw)
+    info = dataset_info(ckpt, resolve_dataset(None, ckpt)[0])
+    by_raw = np.array(
+        [p.probabilities for p in predict_files(ckpt.model, digit_files, info, accelerator="cpu")]
+    )
+    assert np.abs(probabilities_of(answers) - by_raw).max() > 1e-3
+
+
+def test_an_swa_checkpoint_is_served_with_its_averaged_weights(
+    swa_model: Path, digit_files: list[Path], tmp_path: Path
+) -> None:
+    with RunningServer(serve_command(swa_model), "/health", tmp_path / "log", timeout=120) as url:
+        answers = assert_served_as_predicted(url, swa_model, digit_files)
+        assert get_json(url + "/info")["model"]["source"] == str(swa_model)
+    last = swa_model.with_name("last.ckpt")  # the last epoch's weights, not averaged
+    by_last = np.array([p.probabilities for p in offline(last, digit_files)])
+    assert np.abs(probabilities_of(answers) - by_last).max() > 1e-3
 
 
 # --------------------------------------------------------------------------- start-up refusals

@@ -21,6 +21,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from lit_mnist.config import Dataset
 from lit_mnist.errors import CheckpointError, UsageError
+from lit_mnist.runtime import env_threads, one_line_warnings
 
 if TYPE_CHECKING:
     from lit_mnist.checkpoints import LoadedCheckpoint
@@ -103,12 +104,21 @@ def one_line(message: str, argv: Sequence[str] | None, positionals: Sequence[str
 def parse_or_exit(
     parser: ArgumentParser, argv: Sequence[str] | None, prog: str, positionals: Sequence[str] = ()
 ) -> Namespace:
-    """``parser.parse_args(argv)``; a usage error ends the process with one line and status 2."""
+    """``parser.parse_args(argv)``; a usage error ends the process with one line and status 2.
+
+    The environment the command reads is checked here too (``OMP_NUM_THREADS``, before torch loads OpenMP),
+    and its warnings are shown as one line each.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    one_line_warnings()
     try:
-        return parser.parse_args(args)
+        parsed = parser.parse_args(args)
+        env_threads()
     except ArgumentError as err:
         usage_exit(prog, one_line(str(err), args, positionals))
+    except UsageError as err:
+        usage_exit(prog, str(err))
+    return parsed
 
 
 # --------------------------------------------------------------------------- a checkpoint argument

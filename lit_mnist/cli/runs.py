@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lit-mnist runs") -> int
         print(as_table(runs, settings))
         print(
             f"\nTest accuracy with its {INTERVAL_METHOD}. stopped: resume it with --ckpt-path "
-            "RUN/checkpoints/last.ckpt; running: a process holds RUN/.lock"
+            "RUN/checkpoints/last.ckpt (a fold: run the same --folds command); failed: see RUN/error.txt; "
+            "running: a process holds RUN/.lock"
         )
     return 0
 

@@ -10,7 +10,6 @@ FastAPI app) by the page and by the model's description.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lit_mnist.runtime import cpu_share, env_threads
 from lit_mnist.serve.api import BatchCounters, DigitAPI
 from lit_mnist.serve.model import ServedModel
 from lit_mnist.serve.payload import FORMS
@@ -162,8 +162,8 @@ def build_server(
     counters = BatchCounters()
     # the workers and the HTTP server share the CPUs: more threads than CPUs wait for each other (OpenMP
     # threads spin as they wait), so each worker gets its share with one CPU left for the HTTP server
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    api = DigitAPI(model, invert, fit, max_batch_size, batch_timeout, counters, max(1, (cpus - 1) // workers))
+    threads = env_threads() or max(1, (cpu_share() - 1) // workers)
+    api = DigitAPI(model, invert, fit, max_batch_size, batch_timeout, counters, threads)
     server = ls.LitServer(
         api,
         accelerator="cuda" if accelerator == "gpu" else accelerator,
