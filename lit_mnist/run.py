@@ -299,7 +299,11 @@ def _with_interval(result: RunResult, datamodule: Any, cfg: RunConfig) -> RunRes
     )  # an int is a count of batches: 1 is one batch, not the whole split
     if cfg.fast_dev_run or not whole:
         return result
-    labels = datamodule.split("test")[1]
+    try:
+        labels = datamodule.split("test")[1]
+    except KeyError:  # ddp_spawn: the spawned processes tested; this one reads the test split itself
+        datamodule.setup("test")
+        labels = datamodule.split("test")[1]
     if labels.dim() != 1 or labels.is_floating_point():
         return result
     n = len(labels)

@@ -423,11 +423,17 @@ def test_a_huge_grid_is_refused_before_it_is_listed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = write_space(
-        tmp_path / "space.yaml", {"max_epochs": {"low": 1, "high": 10**15}, "lr": [0.1, 0.01]}
+        tmp_path / "space.yaml",
+        {
+            "max_epochs": {"low": 1, "high": 10**6},
+            "batch_size": {"low": 1, "high": 10**6},
+            "log_every_n_steps": {"low": 1, "high": 10**6},
+            "lr": [0.1, 0.01],
+        },
     )
     args = ["--space", str(space), "--sampler", "grid", "--log-dir", str(tmp_path / "logs")]
     line = _usage_error(args, capsys)
-    assert "has 2,000,000,000,000,000 grid points, more than 10,000" in line
+    assert "has 2,000,000,000,000,000,000 grid points, more than 10,000" in line
     assert not (tmp_path / "logs").exists()
 
 
