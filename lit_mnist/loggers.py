@@ -154,11 +154,33 @@ def check_reachable(names: Sequence[str], mlflow_tracking_uri: str | None, timeo
             f"the environment variable WANDB_MODE={mode!r} is not a W&B mode; set it to one of "
             f"{', '.join(WANDB_MODES)}, or unset it to log offline"
         )
+    if "wandb" in names:
+        check_wandb_locations()
     if "wandb" in names and not wandb_offline() and not wandb_api_key_configured():
         raise UsageError(
             "--logger wandb with WANDB_MODE=online needs a W&B API key and none is set (WANDB_API_KEY, or the "
             "api.wandb.ai entry of ~/.netrc that wandb login writes); run wandb login or set WANDB_API_KEY, "
             "or unset WANDB_MODE to log offline (wandb sync later)"
+        )
+
+
+def check_wandb_locations() -> None:
+    """``WANDB_BASE_URL`` is an http(s) URL with a host, and ``NETRC`` an existing file, when set.
+
+    Raises:
+        UsageError: one line naming the variable.
+    """
+    if (url := os.environ.get("WANDB_BASE_URL")) is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(
+                f"the environment variable WANDB_BASE_URL={url!r} is not an http(s) URL of a W&B server; "
+                "fix it (e.g. https://api.wandb.ai) or unset it"
+            )
+    if (path := os.environ.get("NETRC")) is not None and not os.path.isfile(path):
+        raise UsageError(
+            f"the environment variable NETRC={path!r} names no file; point it at your .netrc, or unset it "
+            "(W&B then reads ~/.netrc)"
         )
 
 

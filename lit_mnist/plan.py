@@ -86,6 +86,13 @@ def check_launcher_variables() -> None:
                 f"the environment variable {name}={value!r} must be a whole number >= 0 (a launcher sets it for "
                 "each process); unset it, or set it as the README's 'Scale out' shows"
             )
+    if (host := os.environ.get("MASTER_ADDR")) is not None and not re.fullmatch(
+        r"[A-Za-z0-9_.:\[\]-]+", host
+    ):
+        raise UsageError(
+            f"the environment variable MASTER_ADDR={host!r} is not a host name or address (node 0's, which the "
+            "other processes connect to); unset it, or set it as the README's 'Scale out' shows"
+        )
 
 
 def check_machine(cfg: RunConfig) -> None:
