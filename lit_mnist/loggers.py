@@ -165,7 +165,8 @@ def check_reachable(names: Sequence[str], mlflow_tracking_uri: str | None, timeo
 
 
 def check_wandb_locations() -> None:
-    """``WANDB_BASE_URL`` is an http(s) URL with a host, and ``NETRC`` an existing file, when set.
+    """``WANDB_BASE_URL`` is an http(s) URL with a host, and ``NETRC`` not a folder, when set (a ``NETRC`` that
+    names no file holds no key, as ``~/.netrc`` missing does).
 
     Raises:
         UsageError: one line naming the variable.
@@ -177,9 +178,9 @@ def check_wandb_locations() -> None:
                 f"the environment variable WANDB_BASE_URL={url!r} is not an http(s) URL of a W&B server; "
                 "fix it (e.g. https://api.wandb.ai) or unset it"
             )
-    if (path := os.environ.get("NETRC")) is not None and not os.path.isfile(path):
+    if (path := os.environ.get("NETRC")) is not None and os.path.isdir(path):
         raise UsageError(
-            f"the environment variable NETRC={path!r} names no file; point it at your .netrc, or unset it "
+            f"the environment variable NETRC={path!r} names a folder; point it at your .netrc file, or unset it "
             "(W&B then reads ~/.netrc)"
         )
 
