@@ -50,7 +50,7 @@ def collect_environment() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     return {
-        "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "start_time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "host": socket.gethostname(),
         "command_line": list(sys.argv),
         "python_executable": sys.executable,
