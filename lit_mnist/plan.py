@@ -21,7 +21,7 @@ from lit_mnist.data import TensorDataModule
 from lit_mnist.errors import UsageError
 from lit_mnist.groups import StepGroupPlan, group_size
 from lit_mnist.loggers import check_installed
-from lit_mnist.runtime import THREADS_ENV, check_accelerator, cpu_share, env_threads
+from lit_mnist.runtime import THREADS_ENV, check_accelerator, cpu_share, env_threads, set_env
 
 __all__ = [
     "check_launcher_variables",
@@ -147,16 +147,7 @@ def share_threads(cfg: RunConfig) -> Callable[[], None]:
     puts the variable back as it was when the run ends."""
     if _local_processes(cfg) == 1:
         return lambda: None
-    previous = os.environ.get(THREADS_ENV)
-    os.environ[THREADS_ENV] = str(torch.get_num_threads())
-
-    def restore() -> None:
-        if previous is None:
-            os.environ.pop(THREADS_ENV, None)
-        else:
-            os.environ[THREADS_ENV] = previous
-
-    return restore
+    return set_env(THREADS_ENV, str(torch.get_num_threads()))
 
 
 def _local_processes(cfg: RunConfig) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_mnist.errors import RunError, UsageError
-from lit_mnist.runtime import RunLock, first_line, lock_run, write_atomic
+from lit_mnist.runtime import RunLock, first_line, lock_run, set_env, write_atomic
 
 __all__ = [
     "ERROR_NAME",
@@ -128,16 +128,7 @@ def share_version(version: int | None) -> Callable[[], None]:
     """
     if version is None or global_rank() != 0:
         return lambda: None
-    previous = os.environ.get(RUN_VERSION_ENV)
-    os.environ[RUN_VERSION_ENV] = str(version)
-
-    def restore() -> None:
-        if previous is None:
-            os.environ.pop(RUN_VERSION_ENV, None)
-        else:
-            os.environ[RUN_VERSION_ENV] = previous
-
-    return restore
+    return set_env(RUN_VERSION_ENV, str(version))
 
 
 def lock_run_folder(run_dir: Path | None) -> RunLock | None:

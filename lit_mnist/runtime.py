@@ -80,6 +80,21 @@ def cpu_share() -> int:
     return max(1, share)
 
 
+def set_env(name: str, value: str) -> Callable[[], None]:
+    """Set the environment variable ``name`` for the processes a run starts; return what puts it back as it
+    was (or removes it) when the run ends."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    return restore
+
+
 def env_threads() -> int | None:
     """:data:`THREADS_ENV` as a number of threads, or ``None`` when it is not set.
 
